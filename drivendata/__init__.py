@@ -1,0 +1,1 @@
+"""DrivenData Live: a real-time dashboard of a streaming sessions table."""

@@ -1,0 +1,336 @@
+"""The database connection: which source a URL names, read-only engines, the table's DDL."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool, QueuePool
+
+from drivendata import settings
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("person_name", "VARCHAR(50)"),
+    ("user_name", "VARCHAR(50)"),
+    ("email", "VARCHAR(50)"),
+    ("personal_number", "BIGINT"),
+    ("birth_date", "VARCHAR(50)"),
+    ("address", "VARCHAR(250)"),
+    ("phone_number", "VARCHAR(25)"),
+    ("mac_address", "VARCHAR(20)"),
+    ("ip_address", "VARCHAR(20)"),
+    ("iban", "VARCHAR(25)"),
+    ("accessed_at", "VARCHAR(50)"),
+    ("session_duration", "INT"),
+    ("download_speed", "INT"),
+    ("upload_speed", "INT"),
+    ("consumed_traffic", "INT"),
+    ("unique_id", "VARCHAR(50)"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+# Helpers the project adds to its own embedded store only, never to a user's table.
+SQLITE_INDEXES: tuple[tuple[str, str], ...] = (
+    ("ix_accessed_at", "accessed_at"),
+    ("ix_session_duration", "session_duration, person_name"),
+    ("ix_download_speed", "download_speed, person_name"),
+    ("ix_upload_speed", "upload_speed, person_name"),
+    ("ix_consumed_traffic", "consumed_traffic"),
+    ("ix_user_birth", "user_name, birth_date"),
+)
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class SourceError(Exception):
+    """A problem with the source, said in one sentence that names the fix."""
+
+
+@dataclass(frozen=True)
+class TableName:
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def parse_table(text: str) -> TableName:
+    """Check a table name against fixed rules: one or two plain identifiers joined by a dot."""
+    parts = text.strip().split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(p) for p in parts):
+        raise SourceError(
+            f"The table name {text!r} is not allowed; use schema.table made of letters, "
+            "digits and underscores, for example streaming_layer.streaming_data."
+        )
+    if len(parts) == 1:
+        return TableName(None, parts[0])
+    return TableName(parts[0], parts[1])
+
+
+@dataclass(frozen=True)
+class Source:
+    """A database URL and table, as the settings name them."""
+
+    url: URL
+    table: TableName
+
+    @property
+    def kind(self) -> str:
+        backend = self.url.get_backend_name()
+        if backend == "sqlite":
+            return "sqlite"
+        if backend in ("postgresql", "postgres"):
+            return "postgresql"
+        if backend == "awsathena":
+            return "athena"
+        raise SourceError(
+            f"The database URL names {backend!r}, which DrivenData does not read; use a "
+            "sqlite:///, postgresql:// or awsathena+rest:// URL."
+        )
+
+    @property
+    def display(self) -> str:
+        """The URL for people to see: never a password or key."""
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def label(self) -> str:
+        names = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "athena": "Athena"}
+        return f"{names[self.kind]} {self.table}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.database or "drivendata.db").expanduser()
+
+
+def source_from(url: str | None = None, table: str | None = None) -> Source:
+    """Build the source from a URL and table name, or from the settings when not given.
+
+    :param url: SQLAlchemy URL; ``postgresql://`` URLs are read with psycopg 3.
+    :param table: schema-qualified table name.
+    """
+    text = (url or settings.get("database_url")).strip()
+    try:
+        parsed = make_url(text)
+    except Exception:
+        raise SourceError(
+            f"The database URL {_hide(text)!r} cannot be read; write it like "
+            "postgresql://user:password@host:5432/db or sqlite:///path/to/file.db."
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    source = Source(parsed, parse_table(table or settings.get("table")))
+    source.kind  # noqa: B018 - raises the clear error for an unknown backend now
+    if source.kind == "sqlite" and source.url.database in (None, "", ":memory:"):
+        raise SourceError(
+            "The SQLite URL needs a file path, for example sqlite:////data/drivendata.db."
+        )
+    return source
+
+
+def _hide(text: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+
+
+def _sqlite_connect(source: Source, *, read_only: bool) -> sqlite3.Connection:
+    path = source.sqlite_path.resolve()
+    mode = "ro" if read_only else "rwc"
+    uri = f"file:{path.as_posix()}?mode={mode}"
+    if source.table.schema is None:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+    else:
+        # The schema name becomes the name the store file is attached under, so that the same
+        # schema-qualified table name works on SQLite as on the server databases.
+        conn = sqlite3.connect(":memory:", uri=True, check_same_thread=False, timeout=30)
+        conn.execute("ATTACH DATABASE ? AS " + source.table.schema, (uri,))
+    if not read_only:
+        conn.execute(f"PRAGMA {source.table.schema or 'main'}.journal_mode=WAL")
+        conn.execute(f"PRAGMA {source.table.schema or 'main'}.synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-200000")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA mmap_size=1073741824")
+    return conn
+
+
+def reader(source: Source, **kwargs: Any) -> Engine:
+    """Return an engine whose connections cannot write: SQLite ``mode=ro``, PostgreSQL
+    ``default_transaction_read_only``."""
+    if source.kind == "sqlite":
+        ensure_store(source)
+        return sa.create_engine(
+            "sqlite://",
+            creator=lambda: _sqlite_connect(source, read_only=True),
+            poolclass=QueuePool,
+            pool_size=4,
+            **kwargs,
+        )
+    if source.kind == "postgresql":
+        return sa.create_engine(
+            source.url,
+            connect_args={
+                "options": "-c default_transaction_read_only=on",
+                "application_name": "drivendata",
+                "connect_timeout": 5,
+            },
+            pool_pre_ping=True,
+            pool_size=4,
+            **kwargs,
+        )
+    return sa.create_engine(source.url, poolclass=NullPool, **kwargs)
+
+
+def writer(source: Source) -> Engine:
+    """Return an engine for the stream generator, the only part that ever writes."""
+    if source.kind == "sqlite":
+        source.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(
+            "sqlite://",
+            creator=lambda: _sqlite_connect(source, read_only=False),
+            poolclass=NullPool,
+        )
+    if source.kind == "postgresql":
+        return sa.create_engine(
+            source.url,
+            connect_args={"application_name": "drivendata-stream", "connect_timeout": 5},
+            pool_pre_ping=True,
+        )
+    raise SourceError(
+        "The stream generator writes only to SQLite or PostgreSQL; point "
+        "DRIVENDATA_DATABASE_URL at one of them to generate data."
+    )
+
+
+def quote(source: Source, name: str) -> str:
+    return '"' + name + '"' if source.kind != "athena" else name
+
+
+def table_sql(source: Source) -> str:
+    """The table's name as it goes into SQL, each part checked by :func:`parse_table`."""
+    t = source.table
+    return f"{t.schema}.{t.name}" if t.schema else t.name
+
+
+def create_table(conn: sa.Connection, source: Source) -> None:
+    """Create the schema and the table with the users' DDL, when missing."""
+    if source.kind == "postgresql" and source.table.schema:
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {source.table.schema}"))
+    cols = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
+    conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {table_sql(source)} (\n  {cols}\n)"))
+    if source.kind == "sqlite":
+        prefix = f"{source.table.schema}." if source.table.schema else ""
+        for name, cols_ in SQLITE_INDEXES:
+            conn.execute(
+                sa.text(
+                    f"CREATE INDEX IF NOT EXISTS {prefix}{source.table.name}_{name} "
+                    f"ON {source.table.name} ({cols_})"
+                )
+            )
+
+
+def ensure_store(source: Source) -> None:
+    """Create the embedded SQLite store with its table and indexes on first use."""
+    if source.kind != "sqlite" or _has_table(source):
+        return
+    engine = writer(source)
+    try:
+        with engine.begin() as conn:
+            create_table(conn, source)
+    finally:
+        engine.dispose()
+
+
+def _has_table(source: Source) -> bool:
+    path = source.sqlite_path
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (source.table.name,)
+        ).fetchone()
+        return row is not None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def explain(exc: BaseException, source: Source) -> str:
+    """Say in one sentence what went wrong with the source and how to fix it."""
+    if isinstance(exc, SourceError):
+        return str(exc)
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    where = source.display
+    table = str(source.table)
+    if source.kind == "sqlite":
+        if "unable to open" in low or "no such file" in low:
+            return (
+                f"The SQLite store {source.sqlite_path} cannot be opened; check that the path "
+                "exists and is readable, or run `drivendata seed` to create it."
+            )
+        if "locked" in low or "busy" in low:
+            return (
+                f"The SQLite store {source.sqlite_path} is locked by another writer; "
+                "retrying when it is released."
+            )
+        if "disk" in low and ("full" in low or "i/o" in low):
+            return f"The disk holding {source.sqlite_path} is full; free space on it."
+        if "not a database" in low or "malformed" in low:
+            return f"{source.sqlite_path} is not a SQLite database; point the URL at the store."
+    if "no such table" in low or "undefinedtable" in low or ("relation" in low and "does not exist" in low):
+        return (
+            f"The table {table} does not exist at {where}; create it, or set "
+            "DRIVENDATA_TABLE to the table that holds the sessions."
+        )
+    if "no such column" in low or ("column" in low and "does not exist" in low):
+        return (
+            f"The table {table} lacks a column the dashboard needs ({_first_line(text)}); "
+            "point DRIVENDATA_TABLE at a table with the sessions' columns."
+        )
+    if "password authentication failed" in low or "authentication" in low:
+        return (
+            f"The server at {where} refused the user name or password; fix the credentials "
+            "in DRIVENDATA_DATABASE_URL."
+        )
+    if "database" in low and "does not exist" in low:
+        return (
+            f"The database named in {where} does not exist; fix the database name in "
+            "DRIVENDATA_DATABASE_URL."
+        )
+    if any(
+        s in low
+        for s in (
+            "connection refused",
+            "could not connect",
+            "connection failed",
+            "timeout expired",
+            "server closed the connection",
+            "terminating connection",
+            "name or service not known",
+            "could not translate host",
+            "the database system is",
+            "connection is closed",
+            "no route to host",
+            "consuming input failed",
+        )
+    ):
+        return (
+            f"The database server at {where} cannot be reached; check that it is running "
+            "and that host and port in DRIVENDATA_DATABASE_URL are right."
+        )
+    if "read-only" in low or "readonly" in low:
+        return f"The source at {where} is read-only here; the dashboard never writes to it."
+    return f"The query on {table} at {where} failed: {_first_line(text)}."
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return line.rstrip(".")[:200]

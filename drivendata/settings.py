@@ -1,0 +1,97 @@
+"""Every setting, declared once: name, default, help, environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _default_store() -> str:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return f"sqlite:///{base / 'drivendata' / 'drivendata.db'}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return f"DRIVENDATA_{self.name.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "database_url",
+        _default_store(),
+        "SQLAlchemy URL of the source: sqlite:///path.db (the embedded store, created on "
+        "first use), postgresql://user:password@host:5432/db, or an awsathena+rest:// URL.",
+    ),
+    Setting(
+        "table",
+        "streaming_layer.streaming_data",
+        "Schema-qualified name of the sessions table, the same on every source.",
+    ),
+    Setting("field", "upload_speed", "Field the panels show when none is picked."),
+    Setting("window", "all", "Time window on accessed_at: 15m, 1h, 24h, 7d or all."),
+    Setting("timeline_buckets", "1000", "Most time buckets the timeline panel returns."),
+    Setting("histogram_bins", "30", "Equal-width bins of the histogram panel."),
+    Setting(
+        "stream_rate",
+        "0.5",
+        "Rows per second that `drivendata stream` inserts (fractions allowed).",
+    ),
+    Setting(
+        "stream_buffer",
+        "100000",
+        "Most unwritten rows the stream generator keeps while the database is away.",
+    ),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def get(name: str) -> str:
+    """Return a setting's value: its environment variable if set, else its default."""
+    setting = _BY_NAME[name]
+    value = os.environ.get(setting.env, "").strip()
+    return value or setting.default
+
+
+def get_int(name: str, *, minimum: int = 1) -> int:
+    """Return a whole-number setting, with one clear sentence when it is not one."""
+    raw = get(name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(
+            f"{_BY_NAME[name].env}={raw!r} is not a whole number; set it to one, "
+            f"for example {_BY_NAME[name].default}."
+        ) from None
+    if value < minimum:
+        raise SettingError(
+            f"{_BY_NAME[name].env}={raw!r} is too small; set it to {minimum} or more."
+        )
+    return value
+
+
+def get_float(name: str) -> float:
+    """Return a positive number setting, with one clear sentence when it is not one."""
+    raw = get(name)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingError(
+            f"{_BY_NAME[name].env}={raw!r} is not a positive number; set it to one, "
+            f"for example {_BY_NAME[name].default}."
+        )
+    return value
+
+
+class SettingError(ValueError):
+    """A setting has a value that cannot be used."""
