@@ -227,7 +227,7 @@ def test_a_panel_with_data_has_no_empty_message() -> None:
 
 def test_traces_keep_their_shape_across_fields() -> None:
     """Live figures update in place: same trace types and properties for every field."""
-    shapes = {}
+    shapes: dict[str, Any] = {}
     for field in FIELDS:
         results = time_results() if FIELDS[field].is_time else numeric_results()
         if FIELDS[field].is_time:
