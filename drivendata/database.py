@@ -34,16 +34,6 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
-# Helpers the project adds to its own embedded store only, never to a user's table.
-SQLITE_INDEXES: tuple[tuple[str, str], ...] = (
-    ("ix_accessed_at", "accessed_at"),
-    ("ix_session_duration", "session_duration, person_name"),
-    ("ix_download_speed", "download_speed, person_name"),
-    ("ix_upload_speed", "upload_speed, person_name"),
-    ("ix_consumed_traffic", "consumed_traffic"),
-    ("ix_user_birth", "user_name, birth_date"),
-)
-
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -153,9 +143,8 @@ def _sqlite_connect(source: Source, *, read_only: bool) -> sqlite3.Connection:
     if not read_only:
         conn.execute(f"PRAGMA {source.table.schema or 'main'}.journal_mode=WAL")
         conn.execute(f"PRAGMA {source.table.schema or 'main'}.synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-200000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MB of pages per connection
     conn.execute("PRAGMA temp_store=MEMORY")
-    conn.execute("PRAGMA mmap_size=1073741824")
     return conn
 
 
@@ -224,14 +213,30 @@ def create_table(conn: sa.Connection, source: Source) -> None:
     cols = ",\n  ".join(f"{name} {kind}" for name, kind in COLUMNS)
     conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {table_sql(source)} (\n  {cols}\n)"))
     if source.kind == "sqlite":
-        prefix = f"{source.table.schema}." if source.table.schema else ""
-        for name, cols_ in SQLITE_INDEXES:
-            conn.execute(
-                sa.text(
-                    f"CREATE INDEX IF NOT EXISTS {prefix}{source.table.name}_{name} "
-                    f"ON {source.table.name} ({cols_})"
-                )
-            )
+        create_store_indexes(conn, source)
+
+
+def create_store_indexes(conn: sa.Connection, source: Source) -> None:
+    """Add the panels' indexes to the embedded store (never to a user's server table)."""
+    from drivendata.panels import SQLiteDialect
+
+    for statement in SQLiteDialect(source).store_indexes():
+        conn.execute(sa.text(statement))
+
+
+def drop_store_indexes(conn: sa.Connection, source: Source) -> None:
+    """Drop the embedded store's indexes, so that a large backfill need not update them."""
+    schema = source.table.schema or "main"
+    names = conn.execute(
+        sa.text(
+            f"SELECT name FROM {schema}.sqlite_master WHERE type = 'index' "
+            "AND tbl_name = :t AND sql IS NOT NULL"
+        ),
+        {"t": source.table.name},
+    ).scalars()
+    for name in list(names):
+        if re.fullmatch(r"\w+", name):
+            conn.execute(sa.text(f'DROP INDEX {schema}."{name}"'))
 
 
 def ensure_store(source: Source) -> None:

@@ -7,6 +7,7 @@ it is computed from the text's digits, which never fails on a well-formed value.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 import dataclasses
@@ -178,8 +179,12 @@ class Dialect:
         """A text column as compared byte by byte."""
         return col
 
-    def valid_number(self, col: str) -> str:
+    def valid_number(self, col: str, seek: bool = True) -> str:
         return f"{col} IS NOT NULL"
+
+    def ranged(self, col: str, seek: bool) -> str:
+        """A column in a range term; ``seek=False`` keeps the term from steering the plan."""
+        return col
 
     def valid_timestamp(self, col: str) -> str:
         raise NotImplementedError
@@ -201,12 +206,17 @@ class Dialect:
         return f"CAST(FLOOR({expr}) AS BIGINT)"
 
     def nonempty(self, col: str) -> str:
-        return f"({col} IS NOT NULL AND {col} <> '')"
+        return f"length({col}) > 0"
 
-    def top_people_sql(self, value: str, where: str) -> str:
+    def top_people_sql(self, b: Builder) -> str:
+        f = b.q.field
+        value = b.value(f)
+        where = b.where(b.valid(f), self.nonempty("person_name"))
+        # the outer ranges must not steer the plan away from the threshold's range
+        outer = b.scan().where(b.scan().valid(f), self.nonempty("person_name"))
         return f"""SELECT person_name, MAX({value}) AS value
 FROM {self.table}
-WHERE {where}
+WHERE {outer}
   AND {value} >= COALESCE((
     SELECT {value} FROM {self.table} WHERE {where}
     ORDER BY {value} DESC LIMIT 1 OFFSET {CANDIDATES - 1}), {{lowest}})
@@ -232,6 +242,63 @@ SELECT n, min, max, mean,
   {picks}
 FROM s"""
 
+    def timeline_sql(self, span: str, where: str, value: str | None, inner: str) -> str:
+        values = (
+            "NULL AS min, NULL AS mean, NULL AS max"
+            if value is None
+            else f"MIN({value}) AS min, AVG({value}) AS mean, MAX({value}) AS max"
+        )
+        return f"""WITH {span}
+SELECT {self.prefix(self.text('accessed_at'), '(SELECT chars FROM width)')} AS bucket,
+  COUNT(*) AS sessions, {values}
+FROM {self.table}
+WHERE {where}
+GROUP BY 1
+ORDER BY 1"""
+
+    def histogram_by_expression(self, num: str, index: str, where: str, bins: int) -> str:
+        return f"""WITH r AS (
+  SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where})
+SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE {self.least}({index}, {bins - 1}) END AS bin,
+  COUNT(*) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
+FROM {self.table}, r
+WHERE {where}
+GROUP BY 1
+ORDER BY 1"""
+
+    def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
+        # Whole numbers: bin i holds x where i <= (x - lo) * bins / (hi - lo) < i + 1, exactly.
+        index = f"((CAST({value} AS BIGINT) - r.lo) * {bins}) / (r.hi - r.lo)"
+        return self.histogram_by_expression(value, index, where, bins)
+
+    def summary_sql(self, b: Builder) -> str:
+        at = self.text("accessed_at")
+        ok_at = b.valid("accessed_at")
+        skipped = ",\n  ".join(
+            f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE 1 END) AS skipped_{name}"
+            for name, terms in needs(b).items()
+        )
+        return f"""SELECT COUNT(*) AS rows,
+  (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
+   WHERE {b.where(self.nonempty('user_name'))}) AS u) AS users,
+  MAX(CASE WHEN {ok_at} THEN {at} END) AS newest,
+  SUM(CASE WHEN {ok_at} AND {at} >= :recent THEN 1 ELSE 0 END) AS last_5_minutes,
+  {skipped}
+FROM {self.table}
+WHERE {b.where()}"""
+
+    def age_groups_sql(self, b: Builder, group: str) -> str:
+        # A user's birth date is the latest well-formed, past one among their rows.
+        bd = self.text("birth_date")
+        return f"""SELECT {group} AS age_group, COUNT(*) AS users
+FROM (
+  SELECT user_name,
+    MAX(CASE WHEN {self.valid_date('birth_date')} AND {bd} <= :today THEN {bd} END) AS bd
+  FROM {self.table}
+  WHERE {b.where(self.nonempty('user_name'))}
+  GROUP BY user_name) AS users
+GROUP BY 1"""
+
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
@@ -240,10 +307,15 @@ class SQLiteDialect(Dialect):
     def floor(self, expr: str) -> str:
         return f"CAST({expr} AS INTEGER)"
 
-    def valid_number(self, col: str) -> str:
+    def valid_number(self, col: str, seek: bool = True) -> str:
         # Text in an INT column sorts after every number in SQLite; a range keeps it out
         # and still lets the column's index answer.
-        return f"({col} >= -9223372036854775807 AND {col} <= 9223372036854775807)"
+        c = self.ranged(col, seek)
+        return f"({c} >= -9223372036854775807 AND {c} <= 9223372036854775807)"
+
+    def ranged(self, col: str, seek: bool) -> str:
+        # unary plus: the same comparison, but not one SQLite may answer from an index
+        return col if seek else f"+{col}"
 
     def valid_timestamp(self, col: str) -> str:
         d = "[0-9]"
@@ -271,6 +343,158 @@ class SQLiteDialect(Dialect):
             f" + CAST(substr({col}, 18) AS REAL))"
         )
 
+    def store_indexes(self) -> list[str]:
+        """Indexes of the embedded store, shaped after the panels' predicates.
+
+        The partial index holds only rows with a well-formed accessed_at, so a query with the
+        same predicate reads it without checking each row again.
+        """
+        t = self.source.table
+        prefix = f"{t.schema}." if t.schema else ""
+        fields = "session_duration, download_speed, upload_speed, consumed_traffic"
+        specs = [
+            ("ix_time", f"accessed_at, {fields}", self.valid_timestamp("accessed_at")),
+            ("ix_numbers", fields, None),
+            ("ix_person", "person_name", None),
+            ("ix_user", "user_name", None),
+            ("ix_user_birth", "user_name, birth_date", self.valid_date("birth_date")),
+        ] + [
+            (f"ix_{name}", f"{name}, person_name", None)
+            for name in ("session_duration", "download_speed", "upload_speed", "consumed_traffic")
+        ]
+        return [
+            f"CREATE INDEX IF NOT EXISTS {prefix}{t.name}_{name} ON {t.name} ({cols})"
+            + (f" WHERE {cond}" if cond else "")
+            for name, cols, cond in specs
+        ]
+
+    def timeline_sql(self, span: str, where: str, value: str | None, inner: str) -> str:
+        # One index range per bucket: SQLite walks the time index in order and never sorts.
+        steps = " ".join(f"WHEN {length} THEN {width}" for length, width in BUCKET_STEPS[:-2])
+        values = "" if value is None else f", MIN({value}), AVG({value}), MAX({value})"
+        return f"""WITH RECURSIVE {span},
+step AS (SELECT chars, CASE chars {steps} END AS seconds,
+  CASE
+    WHEN chars = 7 THEN strftime('%Y-%m-01 00:00:00', lo)
+    WHEN chars = 4 THEN strftime('%Y-01-01 00:00:00', lo)
+    ELSE strftime('%Y-%m-%d %H:%M:%S',
+      CAST(CAST(({self.seconds('lo')}) AS INTEGER) / CASE chars {steps} END
+           * CASE chars {steps} END AS INTEGER), 'unixepoch') END AS first, hi
+  FROM width WHERE lo IS NOT NULL),
+buckets(start, stop) AS (
+  SELECT first, CASE
+    WHEN chars = 7 THEN datetime(first, '+1 month')
+    WHEN chars = 4 THEN datetime(first, '+1 year')
+    ELSE datetime(first, '+' || seconds || ' seconds') END FROM step
+  UNION ALL
+  SELECT stop, CASE
+    WHEN chars = 7 THEN datetime(stop, '+1 month')
+    WHEN chars = 4 THEN datetime(stop, '+1 year')
+    ELSE datetime(stop, '+' || seconds || ' seconds') END
+  FROM buckets, step WHERE stop <= step.hi)
+SELECT substr(start, 1, (SELECT chars FROM width)) AS bucket, stats
+FROM (SELECT start, (SELECT json_array(COUNT(*){values}) FROM {self.table}
+        WHERE accessed_at >= start AND accessed_at < stop AND {inner}) AS stats
+      FROM buckets)
+ORDER BY 1"""
+
+    def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
+        # Bin i holds the whole numbers from lo + ceil(i * (hi - lo) / bins) on: one index range
+        # count per bin instead of sorting every row.
+        return f"""WITH RECURSIVE r AS (
+  SELECT MIN({value}) AS lo, MAX({value}) AS hi FROM {self.table} WHERE {where}),
+edges(bin, start, stop) AS (
+  SELECT 0, lo, lo + ((hi - lo) + {bins} - 1) / {bins} FROM r WHERE hi > lo
+  UNION ALL
+  SELECT bin + 1, stop, lo + ((bin + 2) * (hi - lo) + {bins} - 1) / {bins}
+  FROM edges, r WHERE bin + 1 < {bins})
+SELECT bin, (SELECT COUNT(*) FROM {self.table} WHERE {inner} AND {value} >= start
+    AND {value} < CASE WHEN bin = {bins - 1} THEN hi + 1 ELSE stop END) AS count,
+  r.lo AS lo, r.hi AS hi
+FROM edges, r
+UNION ALL
+SELECT 0, (SELECT COUNT(*) FROM {self.table} WHERE {where}), lo, hi FROM r WHERE hi = lo
+ORDER BY 1"""
+
+    def age_groups_sql(self, b: Builder, group: str) -> str:
+        # Users with a well-formed birth date come from the partial index that holds only
+        # those; the rest are counted, not read, as unknown.
+        user = self.nonempty("user_name")
+        valid = self.valid_date("birth_date")
+        return f"""WITH known AS (
+  SELECT user_name, MAX(birth_date) AS bd FROM {self.table}
+  WHERE {b.where(user, valid, "birth_date <= :today")}
+  GROUP BY user_name)
+SELECT {group} AS age_group, COUNT(*) AS users FROM known GROUP BY 1
+UNION ALL
+SELECT '{UNKNOWN_AGE}', (SELECT COUNT(DISTINCT user_name) FROM {self.table}
+  WHERE {b.where(user)}) - (SELECT COUNT(*) FROM known)"""
+
+    def quartiles_sql(self, value: str, where: str) -> str:
+        # Count each distinct value once through the index, then find the quartiles' ranks
+        # in the running totals: one pass, no sort.
+        picks = ",\n  ".join(
+            f"(SELECT MIN(v) FROM c WHERE upto > CAST((n - 1) * {p} AS INTEGER) + {k})"
+            f" AS {name}_{'hi' if k else 'lo'}"
+            for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
+            for k in (0, 1)
+        )
+        return f"""WITH g AS (
+  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
+c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
+s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
+  SUM({{number_v}} * c) * 1.0 / SUM(c) AS mean FROM g)
+SELECT n, min, max, mean,
+  {picks}
+FROM s"""
+
+    def summary_sql(self, b: Builder) -> str:
+        # Bad values are rare: count them through index seeks (NULLs sort first and text
+        # after every number), and count the good timestamps from the partial index.
+        at = self.text("accessed_at")
+        ok_at = b.valid("accessed_at")
+        f, v = b.q.field, b.q.versus
+        scan = b.scan()
+
+        def bad(name: str) -> str:
+            if FIELDS[name].is_time:
+                return f"NOT ({scan.valid(name)})"
+            return f"({name} IS NULL OR {name} < -9223372036854775807 OR {name} > 9223372036854775807)"
+
+        def count(*terms: str) -> str:
+            return f"(SELECT COUNT(*) FROM {self.table} WHERE {b.where(*terms)})"
+
+        person = "(person_name IS NULL OR person_name = '')"
+        user = "(user_name IS NULL OR user_name = '')"
+        bad_at = f"(rows - {count(ok_at)})"
+        if FIELDS[f].is_time:
+            skipped = {
+                "top_traffic": f"{bad_at} + {count(scan.valid(f), bad(v))}",
+                "top_people": f"{bad_at} + {count(scan.valid(f), person)}",
+                "timeline": bad_at,
+                "distribution": bad_at,
+                "histogram": bad_at,
+            }
+        else:
+            either = bad(v) if FIELDS[v].is_time else f"({bad(f)} OR {bad(v)})"
+            skipped = {
+                "top_traffic": count(either) if not FIELDS[v].is_time
+                else f"{bad_at} + {count(ok_at, bad(f))}",
+                "top_people": count(f"({bad(f)} OR {person})"),
+                "timeline": f"{bad_at} + {count(scan.valid('accessed_at'), bad(f))}",
+                "distribution": count(bad(f)),
+                "histogram": count(bad(f)),
+            }
+        skipped["age_groups"] = count(user)
+        columns = ",\n  ".join(f"{sql} AS skipped_{name}" for name, sql in skipped.items())
+        return f"""SELECT rows,
+  (SELECT COUNT(DISTINCT user_name) FROM {self.table}
+   WHERE {b.where(self.nonempty('user_name'))}) AS users,
+  (SELECT MAX({at}) FROM {self.table} WHERE {ok_at}) AS newest,
+  (SELECT COUNT(*) FROM {self.table} WHERE {ok_at} AND {at} >= :recent) AS last_5_minutes,
+  {columns}
+FROM (SELECT COUNT(*) AS rows FROM {self.table} WHERE {b.where()}) AS w"""
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -279,13 +503,23 @@ class PostgresDialect(Dialect):
         return f'{col} COLLATE "C"'
 
     def valid_timestamp(self, col: str) -> str:
+        # LIKE, translate and fixed-position comparisons cost a fraction of a regular
+        # expression per row; together they accept exactly YYYY-MM-DD HH:MM:SS[.f{1,6}].
         return (
-            f"({col} ~ '^[0-9]{{4}}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) "
-            f"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{{1,6}})?$')"
+            f"({col} LIKE '____-__-__ __:__:__%' AND length({col}) IN (19, 21, 22, 23, 24, 25, 26)"
+            f" AND translate({col}, '0123456789', '') IN ('-- ::', '-- ::.')"
+            f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
+            f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
+            f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
+            f" AND substr({col}, 18, 1) <= '5')"
         )
 
     def valid_date(self, col: str) -> str:
-        return f"({col} ~ '^[0-9]{{4}}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$')"
+        return (
+            f"({col} LIKE '____-__-__' AND translate({col}, '0123456789', '') = '--'"
+            f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
+            f" AND substr({col}, 9, 2) BETWEEN '01' AND '31')"
+        )
 
     def seconds(self, col: str) -> str:
         # make_date on the first of the month never fails for a checked month; days past the
@@ -297,7 +531,10 @@ class PostgresDialect(Dialect):
             f" + substr({col}, 18)::numeric)"
         )
 
-    def top_people_sql(self, value: str, where: str) -> str:
+    def top_people_sql(self, b: Builder) -> str:
+        f = b.q.field
+        value = b.value(f)
+        where = b.where(b.valid(f), self.nonempty("person_name"))
         # WITH TIES keeps every row equal to the last candidate: one scan, exact top 10.
         return f"""SELECT person_name, MAX(value) AS value
 FROM (
@@ -358,18 +595,26 @@ class Builder:
         self.params: dict[str, Any] = {"now": stamp(q.now)}
         if q.since is not None:
             self.params["since"] = stamp(q.since)
+        self.seek = True
+
+    def scan(self) -> Builder:
+        """The same predicates, with their ranges kept from choosing an index to seek."""
+        other = Builder(self.d, self.q)
+        other.params = self.params
+        other.seek = False
+        return other
 
     def valid(self, name: str) -> str:
         """The predicate that a row's value of a field can be used."""
         if FIELDS[name].is_time:
-            at = self.d.text(name)
+            at = self.d.ranged(self.d.text(name), self.seek)
             return f"({self.d.valid_timestamp(name)} AND {at} <= :now)"
-        return self.d.valid_number(name)
+        return self.d.valid_number(name, self.seek)
 
     def window(self) -> list[str]:
         if self.q.since is None:
             return []
-        at = self.d.text("accessed_at")
+        at = self.d.ranged(self.d.text("accessed_at"), self.seek)
         return [f"{at} >= :since", self.valid("accessed_at")]
 
     def where(self, *parts: str) -> str:
@@ -401,7 +646,7 @@ LIMIT {TOP}"""
 
 def top_people_sql(b: Builder) -> Statement:
     f = b.q.field
-    sql = b.d.top_people_sql(b.value(f), b.where(b.valid(f), b.d.nonempty("person_name")))
+    sql = b.d.top_people_sql(b)
     lowest = "'0000'" if FIELDS[f].is_time else b.d.lowest_number
     return b.statement(sql.replace("{lowest}", lowest))
 
@@ -411,110 +656,76 @@ def timeline_sql(b: Builder) -> Statement:
     at = "accessed_at"
     need = [b.valid(at)] + ([] if FIELDS[f].is_time else [b.valid(f)])
     where = b.where(*need)
-    span = f"({b.d.seconds('hi')} - {b.d.seconds('lo')})"
-    choice = "\n      ".join(
-        f"WHEN {span} / {width} + 2 <= {b.q.buckets} THEN {length}"
-        for length, width in BUCKET_STEPS
+    seconds = f"{b.d.seconds('hi')} - {b.d.seconds('lo')}"
+    span_where = b.where(*([b.valid(at)] + ([] if FIELDS[f].is_time else [b.scan().valid(f)])))
+    choice = "\n    ".join(
+        f"WHEN seconds / {width} + 2 <= {b.q.buckets} THEN {length}"
+        for length, width in BUCKET_STEPS[:-1]
     )
-    values = (
-        "NULL AS min, NULL AS mean, NULL AS max"
-        if FIELDS[f].is_time
-        else f"MIN({f}) AS min, AVG({f}) AS mean, MAX({f}) AS max"
-    )
-    sql = f"""WITH span AS (
-  SELECT MIN({b.d.text(at)}) AS lo, MAX({b.d.text(at)}) AS hi
-  FROM {b.d.table} WHERE {where}),
+    span = f"""span AS (
+  SELECT lo, hi, {seconds} AS seconds
+  FROM (SELECT MIN({b.d.text(at)}) AS lo, MAX({b.d.text(at)}) AS hi
+        FROM {b.d.table} WHERE {span_where}) AS bounds),
 width AS (
-  SELECT CASE
-      {choice}
-      ELSE 4 END AS chars
-  FROM span)
-SELECT {b.d.prefix(at, '(SELECT chars FROM width)')} AS bucket, COUNT(*) AS sessions,
-  {values}
-FROM {b.d.table}
-WHERE {where}
-GROUP BY 1
-ORDER BY 1"""
-    return b.statement(sql)
+  SELECT lo, hi, CASE
+    {choice}
+    ELSE {BUCKET_STEPS[-1][0]} END AS chars
+  FROM span)"""
+    inner = b.scan().where(*[b.scan().valid(n) for n in ([at] if FIELDS[f].is_time else [at, f])])
+    return b.statement(b.d.timeline_sql(span, where, None if FIELDS[f].is_time else f, inner))
 
 
 def distribution_sql(b: Builder) -> Statement:
     f = b.q.field
     sql = b.d.quartiles_sql(b.value(f), b.where(b.valid(f)))
-    return b.statement(sql.replace("{number}", b.number(f)))
+    number_v = b.d.seconds("v") if FIELDS[f].is_time else "v"
+    return b.statement(sql.replace("{number}", b.number(f)).replace("{number_v}", number_v))
 
 
 def histogram_sql(b: Builder) -> Statement:
     f = b.q.field
     where = b.where(b.valid(f))
-    num = b.number(f)
-    # Integer fields bin by exact integer arithmetic; times by seconds.
     if FIELDS[f].is_time:
+        num = b.number(f)
         index = b.d.floor(f"({num} - r.lo) * {b.q.bins} / (r.hi - r.lo)")
+        sql = b.d.histogram_by_expression(num, index, where, b.q.bins)
     else:
-        index = f"((CAST({num} AS BIGINT) - r.lo) * {b.q.bins}) / (r.hi - r.lo)"
-    sql = f"""WITH r AS (
-  SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {b.d.table} WHERE {where})
-SELECT CASE WHEN r.hi = r.lo THEN 0
-       ELSE MIN(bin_index, {b.q.bins - 1}) END AS bin,
-  COUNT(*) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
-FROM {b.d.table}, r
-WHERE {where}
-GROUP BY 1
-ORDER BY 1"""
-    sql = sql.replace("MIN(bin_index", b.d.least + "(" + index)
+        sql = b.d.histogram_sql(f, where, b.q.bins, b.scan().where(b.scan().valid(f)))
     return b.statement(sql)
 
 
 def age_groups_sql(b: Builder) -> Statement:
     today = b.q.now.date()
-    for label, upper in AGE_GROUPS:
+    for _, upper in AGE_GROUPS:
         if upper is not None:
             b.params[f"born_{upper}"] = birth_cutoff(today, upper).isoformat()
     b.params["today"] = today.isoformat()
-    bd = b.d.text("birth_date")
     cases = "\n    ".join(
-        f"WHEN bd > :born_{upper} THEN '{label}'"
-        for label, upper in AGE_GROUPS
-        if upper is not None
+        f"WHEN bd > :born_{upper} THEN '{label}'" for label, upper in AGE_GROUPS if upper
     )
-    sql = f"""SELECT CASE WHEN bd IS NULL THEN '{UNKNOWN_AGE}'
+    group = f"""CASE WHEN bd IS NULL THEN '{UNKNOWN_AGE}'
     {cases}
-    ELSE '{AGE_GROUPS[-1][0]}' END AS age_group,
-  COUNT(*) AS users
-FROM (
-  SELECT user_name,
-    MAX(CASE WHEN {b.d.valid_date('birth_date')} AND {bd} <= :today THEN {bd} END) AS bd
-  FROM {b.d.table}
-  WHERE {b.where(b.d.nonempty('user_name'))}
-  GROUP BY user_name) AS users
-GROUP BY 1"""
-    return b.statement(sql)
+    ELSE '{AGE_GROUPS[-1][0]}' END"""
+    return b.statement(b.d.age_groups_sql(b, group))
 
 
 def summary_sql(b: Builder) -> Statement:
-    f, v = b.q.field, b.q.versus
     b.params["recent"] = stamp(b.q.now - timedelta(minutes=5))
-    ok_f, ok_v, ok_at = b.valid(f), b.valid(v), b.valid("accessed_at")
+    return b.statement(b.d.summary_sql(b))
+
+
+def needs(b: Builder) -> dict[str, list[str]]:
+    """What each panel needs of a row; a row lacking it is counted as skipped by that panel."""
+    f, v, at = b.q.field, b.q.versus, "accessed_at"
     person, user = b.d.nonempty("person_name"), b.d.nonempty("user_name")
-    at = b.d.text("accessed_at")
-
-    def bad(cond: str) -> str:
-        return f"SUM(CASE WHEN {cond} THEN 0 ELSE 1 END)"
-
-    sql = f"""SELECT COUNT(*) AS rows,
-  COUNT(DISTINCT CASE WHEN {user} THEN user_name END) AS users,
-  MAX(CASE WHEN {ok_at} THEN {at} END) AS newest,
-  SUM(CASE WHEN {ok_at} AND {at} >= :recent THEN 1 ELSE 0 END) AS last_5_minutes,
-  {bad(f"{ok_f} AND {ok_v}")} AS skipped_top_traffic,
-  {bad(f"{ok_f} AND {person}")} AS skipped_top_people,
-  {bad(f"{ok_at} AND {ok_f}")} AS skipped_timeline,
-  {bad(ok_f)} AS skipped_distribution,
-  {bad(ok_f)} AS skipped_histogram,
-  {bad(user)} AS skipped_age_groups
-FROM {b.d.table}
-WHERE {b.where()}"""
-    return b.statement(sql)
+    return {
+        "top_traffic": [b.valid(f), b.valid(v)],
+        "top_people": [b.valid(f), person],
+        "timeline": [b.valid(at), b.valid(f)] if f != at else [b.valid(at)],
+        "distribution": [b.valid(f)],
+        "histogram": [b.valid(f)],
+        "age_groups": [user],
+    }
 
 
 def version_sql(dialect: Dialect) -> Statement:
@@ -569,6 +780,19 @@ def shape_top_people(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def shape_timeline(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    if "stats" in rows:  # SQLite answers each bucket, empty ones too, with a JSON array
+        stats = [json.loads(v) for v in rows["stats"]]
+        keep = [s[0] > 0 for s in stats]
+        rows = rows.loc[pd.Series(keep, index=rows.index, dtype=bool)]
+        stats = [s for s, k in zip(stats, keep, strict=True) if k]
+        rows = pd.DataFrame(
+            {
+                "bucket": rows["bucket"],
+                "sessions": [s[0] for s in stats],
+                **{k: [s[i] if len(s) > 1 else None for s in stats] for i, k in
+                   ((1, "min"), (2, "mean"), (3, "max"))},
+            }
+        )
     out = pd.DataFrame(
         {
             "bucket": pd.to_datetime(rows["bucket"].map(_bucket_start)),
