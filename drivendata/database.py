@@ -290,6 +290,11 @@ def explain(exc: BaseException, source: Source) -> str:
             return f"The disk holding {source.sqlite_path} is full; free space on it."
         if "not a database" in low or "malformed" in low:
             return f"{source.sqlite_path} is not a SQLite database; point the URL at the store."
+    if "password authentication failed" in low or ("role" in low and "does not exist" in low):
+        return (
+            f"The server at {where} refused the user name or password; fix the credentials "
+            "in DRIVENDATA_DATABASE_URL."
+        )
     if "no such table" in low or "undefinedtable" in low or ("relation" in low and "does not exist" in low):
         return (
             f"The table {table} does not exist at {where}; create it, or set "

@@ -559,9 +559,10 @@ def dialect_for(source: Source) -> Dialect:
         return SQLiteDialect(source)
     if source.kind == "postgresql":
         return PostgresDialect(source)
-    from drivendata.athena import AthenaDialect
-
-    return AthenaDialect(source)
+    raise SourceError(
+        "Amazon Athena sources are not supported by this version yet; point "
+        "DRIVENDATA_DATABASE_URL at SQLite or PostgreSQL."
+    )
 
 
 # ---------------------------------------------------------------- statements
@@ -742,7 +743,7 @@ def version_sql(dialect: Dialect) -> Statement:
             "WHERE n.nspname = :schema AND c.relname = :name",
             {"schema": t.schema or "public", "name": t.name},
         )
-    return dialect.version_sql()  # type: ignore[attr-defined,no-any-return]
+    raise SourceError(f"No data version is known for {dialect.source.label}.")
 
 
 # ---------------------------------------------------------------- shaping results

@@ -28,7 +28,7 @@ SETTINGS: tuple[Setting, ...] = (
         "database_url",
         _default_store(),
         "SQLAlchemy URL of the source: sqlite:///path.db (the embedded store, created on "
-        "first use), postgresql://user:password@host:5432/db, or an awsathena+rest:// URL.",
+        "first use) or postgresql://user:password@host:5432/db.",
     ),
     Setting(
         "table",

@@ -1,0 +1,31 @@
+# One command to run the live demo, one to run every check.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install install-test browser-deps demo test lint
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(PY)
+	$(PIP) install --quiet -e '.[lab]'
+
+install-test: $(PY) browser-deps
+	$(PIP) install --quiet -e '.[lab,test]'
+
+# The browser tests drive Debian's Chromium; Playwright's own browser download cannot work here.
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core)
+
+demo: install
+	$(VENV)/bin/drivendata demo
+
+lint: install-test
+	$(VENV)/bin/ruff check drivendata tests benchmarks
+	$(VENV)/bin/ruff format --check drivendata tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q
