@@ -24,7 +24,7 @@ def source_options(func: F) -> F:
     """Add --url and --table, which default to the settings."""
     func = click.option(
         "--table",
-        help="Schema-qualified table [env DRIVENDATA_TABLE, default streaming_layer.streaming_data].",
+        help="Schema-qualified table [env DRIVENDATA_TABLE, streaming_layer.streaming_data].",
     )(func)
     func = click.option(
         "--url", help="SQLAlchemy URL of the source [env DRIVENDATA_DATABASE_URL]."

@@ -295,7 +295,11 @@ def explain(exc: BaseException, source: Source) -> str:
             f"The server at {where} refused the user name or password; fix the credentials "
             "in DRIVENDATA_DATABASE_URL."
         )
-    if "no such table" in low or "undefinedtable" in low or ("relation" in low and "does not exist" in low):
+    if (
+        "no such table" in low
+        or "undefinedtable" in low
+        or ("relation" in low and "does not exist" in low)
+    ):
         return (
             f"The table {table} does not exist at {where}; create it, or set "
             "DRIVENDATA_TABLE to the table that holds the sessions."

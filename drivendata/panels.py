@@ -7,10 +7,10 @@ it is computed from the text's digits, which never fails on a well-formed value.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -116,8 +116,7 @@ class Query:
             value = getattr(self, name)
             if value not in FIELDS:
                 raise QueryError(
-                    f"{value!r} is not a field the panels know; pick one of "
-                    f"{', '.join(FIELDS)}."
+                    f"{value!r} is not a field the panels know; pick one of {', '.join(FIELDS)}."
                 )
         if self.window not in WINDOWS:
             raise QueryError(
@@ -249,7 +248,7 @@ FROM s"""
             else f"MIN({value}) AS min, AVG({value}) AS mean, MAX({value}) AS max"
         )
         return f"""WITH {span}
-SELECT {self.prefix(self.text('accessed_at'), '(SELECT chars FROM width)')} AS bucket,
+SELECT {self.prefix(self.text("accessed_at"), "(SELECT chars FROM width)")} AS bucket,
   COUNT(*) AS sessions, {values}
 FROM {self.table}
 WHERE {where}
@@ -280,7 +279,7 @@ ORDER BY 1"""
         )
         return f"""SELECT COUNT(*) AS rows,
   (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
-   WHERE {b.where(self.nonempty('user_name'))}) AS u) AS users,
+   WHERE {b.where(self.nonempty("user_name"))}) AS u) AS users,
   MAX(CASE WHEN {ok_at} THEN {at} END) AS newest,
   SUM(CASE WHEN {ok_at} AND {at} >= :recent THEN 1 ELSE 0 END) AS last_5_minutes,
   {skipped}
@@ -293,9 +292,9 @@ WHERE {b.where()}"""
         return f"""SELECT {group} AS age_group, COUNT(*) AS users
 FROM (
   SELECT user_name,
-    MAX(CASE WHEN {self.valid_date('birth_date')} AND {bd} <= :today THEN {bd} END) AS bd
+    MAX(CASE WHEN {self.valid_date("birth_date")} AND {bd} <= :today THEN {bd} END) AS bd
   FROM {self.table}
-  WHERE {b.where(self.nonempty('user_name'))}
+  WHERE {b.where(self.nonempty("user_name"))}
   GROUP BY user_name) AS users
 GROUP BY 1"""
 
@@ -378,7 +377,7 @@ step AS (SELECT chars, CASE chars {steps} END AS seconds,
     WHEN chars = 7 THEN strftime('%Y-%m-01 00:00:00', lo)
     WHEN chars = 4 THEN strftime('%Y-01-01 00:00:00', lo)
     ELSE strftime('%Y-%m-%d %H:%M:%S',
-      CAST(CAST(({self.seconds('lo')}) AS INTEGER) / CASE chars {steps} END
+      CAST(CAST(({self.seconds("lo")}) AS INTEGER) / CASE chars {steps} END
            * CASE chars {steps} END AS INTEGER), 'unixepoch') END AS first, hi
   FROM width WHERE lo IS NOT NULL),
 buckets(start, stop) AS (
@@ -459,7 +458,9 @@ FROM s"""
         def bad(name: str) -> str:
             if FIELDS[name].is_time:
                 return f"NOT ({scan.valid(name)})"
-            return f"({name} IS NULL OR {name} < -9223372036854775807 OR {name} > 9223372036854775807)"
+            return (
+                f"({name} IS NULL OR {name} < -9223372036854775807 OR {name} > 9223372036854775807)"
+            )
 
         def count(*terms: str) -> str:
             return f"(SELECT COUNT(*) FROM {self.table} WHERE {b.where(*terms)})"
@@ -478,7 +479,8 @@ FROM s"""
         else:
             either = bad(v) if FIELDS[v].is_time else f"({bad(f)} OR {bad(v)})"
             skipped = {
-                "top_traffic": count(either) if not FIELDS[v].is_time
+                "top_traffic": count(either)
+                if not FIELDS[v].is_time
                 else f"{bad_at} + {count(ok_at, bad(f))}",
                 "top_people": count(f"({bad(f)} OR {person})"),
                 "timeline": f"{bad_at} + {count(scan.valid('accessed_at'), bad(f))}",
@@ -489,7 +491,7 @@ FROM s"""
         columns = ",\n  ".join(f"{sql} AS skipped_{name}" for name, sql in skipped.items())
         return f"""SELECT rows,
   (SELECT COUNT(DISTINCT user_name) FROM {self.table}
-   WHERE {b.where(self.nonempty('user_name'))}) AS users,
+   WHERE {b.where(self.nonempty("user_name"))}) AS users,
   (SELECT MAX({at}) FROM {self.table} WHERE {ok_at}) AS newest,
   (SELECT COUNT(*) FROM {self.table} WHERE {ok_at} AND {at} >= :recent) AS last_5_minutes,
   {columns}
@@ -640,7 +642,7 @@ def top_traffic_sql(b: Builder) -> Statement:
     sql = f"""SELECT person_name, {x} AS x, {y} AS y
 FROM {b.d.table}
 WHERE {b.where(b.valid(x), b.valid(y))}
-ORDER BY {b.value(y)} DESC, {b.value(x)} DESC, {b.d.text('person_name')}
+ORDER BY {b.value(y)} DESC, {b.value(x)} DESC, {b.d.text("person_name")}
 LIMIT {TOP}"""
     return b.statement(sql)
 
@@ -790,8 +792,10 @@ def shape_timeline(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
             {
                 "bucket": rows["bucket"],
                 "sessions": [s[0] for s in stats],
-                **{k: [s[i] if len(s) > 1 else None for s in stats] for i, k in
-                   ((1, "min"), (2, "mean"), (3, "max"))},
+                **{
+                    k: [s[i] if len(s) > 1 else None for s in stats]
+                    for i, k in ((1, "min"), (2, "mean"), (3, "max"))
+                },
             }
         )
     out = pd.DataFrame(
@@ -848,16 +852,20 @@ def _from_seconds(value: float) -> datetime:
 
 
 def _interpolate(lo: Any, hi: Any, position: float, time: bool) -> float:
-    a, b = (_seconds(lo), _seconds(hi if hi is not None else lo)) if time else (
-        float(lo),
-        float(hi if hi is not None else lo),
+    a, b = (
+        (_seconds(lo), _seconds(hi if hi is not None else lo))
+        if time
+        else (
+            float(lo),
+            float(hi if hi is not None else lo),
+        )
     )
     frac = position - int(position)
     return a + (b - a) * frac
 
 
 def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
-    counts = {int(r.bin): int(r.count) for r in rows.itertuples()}
+    counts = {int(b): int(c) for b, c in zip(rows["bin"], rows["count"], strict=True)}
     if not counts:
         return pd.DataFrame({"lo": [], "hi": [], "count": []})
     lo, hi = float(rows["lo"].iloc[0]), float(rows["hi"].iloc[0])
@@ -876,7 +884,7 @@ def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def shape_age_groups(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
-    counts = {str(r.age_group): int(r.users) for r in rows.itertuples()}
+    counts = {str(g): int(u) for g, u in zip(rows["age_group"], rows["users"], strict=True)}
     labels = [label for label, _ in AGE_GROUPS] + [UNKNOWN_AGE]
     users = [counts.get(label, 0) for label in labels]
     total = sum(users)
@@ -893,7 +901,14 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
         "last_5_minutes": int(row["last_5_minutes"] or 0),
         "skipped": {
             name: int(row[f"skipped_{name}"] or 0)
-            for name in ("top_traffic", "top_people", "timeline", "distribution", "histogram", "age_groups")
+            for name in (
+                "top_traffic",
+                "top_people",
+                "timeline",
+                "distribution",
+                "histogram",
+                "age_groups",
+            )
         },
     }
     return out
@@ -944,7 +959,7 @@ def run(conn: sa.Connection, source: Source, name: str, q: Query) -> Any:
         f = q.field
         where = full.where(full.valid(f), full.d.nonempty("person_name"))
         sql = f"""SELECT person_name, MAX({full.value(f)}) AS value FROM {full.d.table}
-WHERE {where} GROUP BY person_name ORDER BY value DESC, {full.d.text('person_name')} LIMIT {TOP}"""
+WHERE {where} GROUP BY person_name ORDER BY value DESC, {full.d.text("person_name")} LIMIT {TOP}"""
         rows = _fetch(conn, full.statement(sql))
     return panel.shape(rows, q)
 

@@ -146,10 +146,12 @@ def insert(conn: sa.Connection, source: Source, rows: Sequence[Row]) -> None:
     if source.kind == "postgresql":
         dbapi = conn.connection.driver_connection
         cols = ", ".join(COLUMN_NAMES)
-        with dbapi.cursor() as cur:  # type: ignore[union-attr]
-            with cur.copy(f"COPY {table_sql(source)} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+        with (
+            dbapi.cursor() as cur,  # type: ignore[union-attr]
+            cur.copy(f"COPY {table_sql(source)} ({cols}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
         return
     marks = ", ".join("?" * len(COLUMN_NAMES))
     sql = f"INSERT INTO {table_sql(source)} ({', '.join(COLUMN_NAMES)}) VALUES ({marks})"
@@ -227,7 +229,7 @@ class Stream:
         self.stop_event.set()
 
     def run(self, *, max_rows: int | None = None, seconds: float | None = None) -> int:
-        """Stream until stopped (or ``max_rows`` made, or ``seconds`` passed); return rows written."""
+        """Stream until stopped, ``max_rows`` made or ``seconds`` passed; return rows written."""
         began = time.monotonic()
         owed = 0.0
         last = began

@@ -129,7 +129,9 @@ def pg_schema() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Source:
+def empty_source(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Source:
     """A source with no table yet, on each database the dashboard reads."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("store") / "drivendata.db"

@@ -128,7 +128,9 @@ def test_versus_replaces_the_ranking(dataset: Dataset) -> None:
     q = Query(field="download_speed", versus="session_duration", now=dataset.now)
     with engine.connect() as conn:
         got = run(conn, dataset.source, "top_traffic", q)
-    want = Oracle(dataset.rows, dataset.now, "all").top_traffic("download_speed", "session_duration")
+    want = Oracle(dataset.rows, dataset.now, "all").top_traffic(
+        "download_speed", "session_duration"
+    )
     assert list(got["session_duration"]) == [r[2] for r in want]
     assert list(got["download_speed"]) == [r[1] for r in want]
 
@@ -137,9 +139,10 @@ def test_junk_is_counted_not_fatal(dataset: Dataset, results: dict) -> None:
     skipped = results["upload_speed", "all"]["summary"]["skipped"]
     assert skipped["top_people"] >= 3  # two empty names and a missing upload speed
     assert skipped["timeline"] >= 8  # missing, empty and malformed arrival times
-    assert results["upload_speed", "all"]["age_groups"].set_index("age_group").loc[
-        "unknown", "users"
-    ] >= 1
+    assert (
+        results["upload_speed", "all"]["age_groups"].set_index("age_group").loc["unknown", "users"]
+        >= 1
+    )
 
 
 def test_results_stay_small_whatever_the_rows(dataset: Dataset, results: dict) -> None:
