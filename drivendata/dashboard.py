@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import html
 import threading
 import time
@@ -410,6 +411,10 @@ def apply_figure(fig: go.FigureWidget, spec: figs.Figure) -> None:
         # update() merges arrays and skips empty ones: annotations are set whole.
         fig.layout.annotations = layout.pop("annotations", [])
         fig.layout.update(layout)
+    # The messages above reach only views that exist; a view opened later (Voilà connects after
+    # the first refresh) starts from the widget's state, which plotly sets only on display.
+    fig._widget_data = copy.deepcopy(fig._data)
+    fig._widget_layout = copy.deepcopy(fig._layout_obj._props)
 
 
 def status_html(

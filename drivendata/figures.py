@@ -45,9 +45,9 @@ AGE_COLORS = (
     "#3f7fd9",
     "#6b9fe6",
     "#98bff0",
-    "#f3a65a",
-    "#f08c2e",
-    "#c2c8d2",
+    "#2a9d8f",
+    "#7cc5b8",
+    "#c8ced8",
 )
 
 
@@ -137,8 +137,9 @@ def top_traffic(frame: pd.DataFrame | None, q: Query) -> Figure:
         "showlegend": False,
     }
     layout = _layout(title, empty, f"{q.field}|{q.versus}|{q.window}")
-    layout["xaxis"] = _axis(fx)
-    layout["yaxis"] = _axis(fy)
+    # The ten highest sit far from zero: let the axes close in on them.
+    layout["xaxis"] = _axis(fx) | {"rangemode": "normal"}
+    layout["yaxis"] = _axis(fy) | {"rangemode": "normal"}
     return {"data": [trace], "layout": layout}
 
 
@@ -209,7 +210,7 @@ def timeline(frame: pd.DataFrame | None, q: Query) -> Figure:
         "name": "Max",
         "x": at if band else [],
         "y": hi,
-        "line": {"width": 0, "color": LIGHT_BLUE, "shape": "hv"},
+        "line": {"width": 0, "color": LIGHT_BLUE, "shape": "linear"},
         "fill": None,
         "fillcolor": None,
         "hovertemplate": f"Max: {_hover('y', f)}<extra></extra>",
@@ -219,7 +220,7 @@ def timeline(frame: pd.DataFrame | None, q: Query) -> Figure:
         "name": "Min-max range",
         "x": at if band else [],
         "y": lo,
-        "line": {"width": 0, "color": LIGHT_BLUE, "shape": "hv"},
+        "line": {"width": 0, "color": LIGHT_BLUE, "shape": "linear"},
         "fill": "tonexty",
         "fillcolor": "rgba(31, 95, 191, 0.16)",
         "hovertemplate": f"Min: {_hover('y', f)}<extra></extra>",
@@ -268,7 +269,7 @@ def distribution(stats: Mapping[str, Any] | None, q: Query) -> Figure:
         "upperfence": one("max"),
         "mean": one("mean"),
         "boxmean": True,
-        "width": 0.5,
+        "width": 0.4,
         "fillcolor": "rgba(31, 95, 191, 0.18)",
         "line": {"color": BLUE, "width": 2},
         "hoverinfo": "x",
