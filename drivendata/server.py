@@ -58,15 +58,24 @@ CDN_LINKS = (
 )
 
 # Plotly's FigureWidget sends its 5 MB JavaScript bundle inside every figure's widget state, so
-# six panels cost 30 MB on the WebSocket and six evaluations of the same code. Served pages
-# give the kernel this small module instead (in DRIVENDATA_WIDGET_ESM): it imports the bundle
-# once from this server, where the browser caches it.
-BUNDLE_ROUTE = "drivendata/static/plotly-widget.js"
+# six panels cost 30 MB on the WebSocket and six evaluations of the same code. In served
+# kernels, a startup file (KERNEL_STARTUP) swaps in this small module, which imports the
+# bundle once from this server, where the browser caches it.
+BUNDLE_ROUTE = "drivendata/static/widgetbundle.js"
 WIDGET_ESM = """\
 const base = (document.body.dataset.baseUrl || "/voila/").replace(/voila\\/?$/, "");
 const root = new URL(base, window.location.href);
 const bundle = await import(new URL("%s?v=%s", root).href);
 export default bundle.default;
+"""
+
+KERNEL_STARTUP = """\
+# Written by drivendata.server: served FigureWidgets load plotly's bundle by URL.
+import os
+
+import plotly.basewidget
+
+plotly.basewidget.BaseFigureWidget._esm = os.environ["DRIVENDATA_WIDGET_ESM"]
 """
 
 CAPACITY_PAGE = """<!DOCTYPE html>
@@ -281,12 +290,6 @@ class PageHandler(TornadoVoilaHandler):
 class BundleHandler(tornado.web.StaticFileHandler):
     """Serve plotly's widget bundle, cached by the browser for a year (the URL is versioned)."""
 
-    def initialize(self) -> None:  # type: ignore[override]
-        super().initialize(path=str(_bundle_path().parent))
-
-    async def get(self, path: str = "", include_body: bool = True) -> None:
-        await super().get(_bundle_path().name, include_body)
-
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
         self.set_header("Content-Type", "text/javascript; charset=UTF-8")
@@ -340,7 +343,11 @@ class DashboardVoila(Voila):
             handlers.append(spec)
         return [
             (r"/healthz", HealthHandler),
-            (r"/" + BUNDLE_ROUTE, BundleHandler),
+            (
+                r"/drivendata/static/(widgetbundle\.js)",
+                BundleHandler,
+                {"path": str(_bundle_path().parent)},
+            ),
             *handlers,
         ]
 
@@ -362,14 +369,22 @@ def find_notebook() -> Path:
 
 @contextmanager
 def served_folder(notebook: Path) -> Iterator[Path]:
-    """Yield the path of a copy of the notebook, alone in a fresh temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="drivendata-page-"))
+    """Yield the path of a copy of the notebook, alone in a fresh temporary folder.
+
+    Beside that folder (never in it) goes the IPython profile the kernels start with.
+    """
+    top = Path(tempfile.mkdtemp(prefix="drivendata-serve-"))
     try:
+        folder = top / "page"
+        folder.mkdir()
         target = folder / "dashboard.ipynb"
         shutil.copyfile(notebook, target)
+        startup = top / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True)
+        (startup / "00-drivendata.py").write_text(KERNEL_STARTUP)
         yield target
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def voila_config(
@@ -454,9 +469,10 @@ def serve(
     config = voila_config(
         host, port, max_kernels=max_kernels, preheat=preheat, drop_timeout=drop_timeout
     )
-    # Kernels inherit the server's environment; see WIDGET_ESM.
-    os.environ["DRIVENDATA_WIDGET_ESM"] = widget_esm()
     with served_folder(source) as path:
+        # Kernels inherit the server's environment; see WIDGET_ESM and KERNEL_STARTUP.
+        os.environ["DRIVENDATA_WIDGET_ESM"] = widget_esm()
+        os.environ["IPYTHONDIR"] = str(path.parent.parent / "ipython")
         app = DashboardVoila(config=config)
         app.initialize([str(path)])
         if open_browser:
