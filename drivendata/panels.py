@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -213,30 +214,33 @@ class Dialect:
         where = b.where(b.valid(f), self.nonempty("person_name"))
         # the outer ranges must not steer the plan away from the threshold's range
         outer = b.scan().where(b.scan().valid(f), self.nonempty("person_name"))
-        return f"""SELECT person_name, MAX({value}) AS value
-FROM {self.table}
-WHERE {outer}
-  AND {value} >= COALESCE((
-    SELECT {value} FROM {self.table} WHERE {where}
-    ORDER BY {value} DESC LIMIT 1 OFFSET {CANDIDATES - 1}), {{lowest}})
+        return f"""WITH candidates AS MATERIALIZED (
+  SELECT person_name, {value} AS value
+  FROM {self.table}
+  WHERE {outer}
+    AND {value} >= COALESCE((
+      SELECT {value} FROM {self.table} WHERE {where}
+      ORDER BY {value} DESC LIMIT 1 OFFSET {CANDIDATES - 1}), {{lowest}}))
+SELECT person_name, MAX(value) AS value
+FROM candidates
 GROUP BY person_name
 ORDER BY value DESC, person_name
 LIMIT {TOP}"""
 
     def quartiles_sql(self, value: str, where: str) -> str:
-        def pick(p: float, offset: int) -> str:
-            return (
-                f"(SELECT {value} FROM {self.table} WHERE {where} ORDER BY {value} "
-                f"LIMIT 1 OFFSET (SELECT CAST((n - 1) * {p} AS INTEGER) + {offset} FROM s))"
-            )
-
+        # Count each distinct value once through the index, then find the quartiles' ranks
+        # in the running totals: one pass, no sort.
         picks = ",\n  ".join(
-            f"{pick(p, 0)} AS {name}_lo, {pick(p, 1)} AS {name}_hi"
+            f"(SELECT MIN(v) FROM c WHERE upto > CAST((n - 1) * {p} AS INTEGER) + {k})"
+            f" AS {name}_{'hi' if k else 'lo'}"
             for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
+            for k in (0, 1)
         )
-        return f"""WITH s AS (
-  SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max, AVG({{number}}) AS mean
-  FROM {self.table} WHERE {where})
+        return f"""WITH g AS (
+  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
+c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
+s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
+  SUM({{number_v}} * c) * 1.0 / SUM(c) AS mean FROM g)
 SELECT n, min, max, mean,
   {picks}
 FROM s"""
@@ -271,20 +275,33 @@ ORDER BY 1"""
         return self.histogram_by_expression(value, index, where, bins)
 
     def summary_sql(self, b: Builder) -> str:
-        at = self.text("accessed_at")
-        ok_at = b.valid("accessed_at")
+        # Each row's checks are made once, in a subquery the planner may not inline
+        # (OFFSET 0), and summed outside.
+        f, v, at = b.q.field, b.q.versus, "accessed_at"
+        flags = {
+            "ok_at": b.valid(at),
+            "ok_f": b.valid(f),
+            "ok_v": b.valid(v),
+            "ok_person": self.nonempty("person_name"),
+            "ok_user": self.nonempty("user_name"),
+        }
+        columns = ",\n    ".join(f"{sql} AS {name}" for name, sql in flags.items())
         skipped = ",\n  ".join(
             f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE 1 END) AS skipped_{name}"
-            for name, terms in needs(b).items()
+            for name, terms in needs_flags(b).items()
         )
         return f"""SELECT COUNT(*) AS rows,
   (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
    WHERE {b.where(self.nonempty("user_name"))}) AS u) AS users,
-  MAX(CASE WHEN {ok_at} THEN {at} END) AS newest,
-  SUM(CASE WHEN {ok_at} AND {at} >= :recent THEN 1 ELSE 0 END) AS last_5_minutes,
+  MAX(CASE WHEN ok_at THEN accessed_at END) AS newest,
+  SUM(CASE WHEN ok_at AND accessed_at >= :recent THEN 1 ELSE 0 END) AS last_5_minutes,
   {skipped}
-FROM {self.table}
-WHERE {b.where()}"""
+FROM (
+  SELECT {self.text(at)} AS accessed_at,
+    {columns}
+  FROM {self.table}
+  WHERE {b.where()}
+  OFFSET 0) AS flags"""
 
     def age_groups_sql(self, b: Builder, group: str) -> str:
         # A user's birth date is the latest well-formed, past one among their rows.
@@ -393,8 +410,9 @@ buckets(start, stop) AS (
   FROM buckets, step WHERE stop <= step.hi)
 SELECT substr(start, 1, (SELECT chars FROM width)) AS bucket, stats
 FROM (SELECT start, (SELECT json_array(COUNT(*){values}) FROM {self.table}
-        WHERE accessed_at >= start AND accessed_at < stop AND {inner}) AS stats
-      FROM buckets)
+        WHERE accessed_at >= MAX(start, w.lo) AND accessed_at < MIN(stop, w.hi || char(1))
+          AND {inner}) AS stats
+      FROM buckets, width AS w)
 ORDER BY 1"""
 
     def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
@@ -427,25 +445,7 @@ ORDER BY 1"""
 SELECT {group} AS age_group, COUNT(*) AS users FROM known GROUP BY 1
 UNION ALL
 SELECT '{UNKNOWN_AGE}', (SELECT COUNT(DISTINCT user_name) FROM {self.table}
-  WHERE {b.where(user)}) - (SELECT COUNT(*) FROM known)"""
-
-    def quartiles_sql(self, value: str, where: str) -> str:
-        # Count each distinct value once through the index, then find the quartiles' ranks
-        # in the running totals: one pass, no sort.
-        picks = ",\n  ".join(
-            f"(SELECT MIN(v) FROM c WHERE upto > CAST((n - 1) * {p} AS INTEGER) + {k})"
-            f" AS {name}_{'hi' if k else 'lo'}"
-            for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
-            for k in (0, 1)
-        )
-        return f"""WITH g AS (
-  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
-c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
-s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
-  SUM({{number_v}} * c) * 1.0 / SUM(c) AS mean FROM g)
-SELECT n, min, max, mean,
-  {picks}
-FROM s"""
+  WHERE {b.where("user_name > ''")}) - (SELECT COUNT(*) FROM known)"""
 
     def summary_sql(self, b: Builder) -> str:
         # Bad values are rare: count them through index seeks (NULLs sort first and text
@@ -491,7 +491,7 @@ FROM s"""
         columns = ",\n  ".join(f"{sql} AS skipped_{name}" for name, sql in skipped.items())
         return f"""SELECT rows,
   (SELECT COUNT(DISTINCT user_name) FROM {self.table}
-   WHERE {b.where(self.nonempty("user_name"))}) AS users,
+   WHERE {b.where("user_name > ''")}) AS users,
   (SELECT MAX({at}) FROM {self.table} WHERE {ok_at}) AS newest,
   (SELECT COUNT(*) FROM {self.table} WHERE {ok_at} AND {at} >= :recent) AS last_5_minutes,
   {columns}
@@ -674,7 +674,10 @@ width AS (
     {choice}
     ELSE {BUCKET_STEPS[-1][0]} END AS chars
   FROM span)"""
-    inner = b.scan().where(*[b.scan().valid(n) for n in ([at] if FIELDS[f].is_time else [at, f])])
+    # Within [lo, hi] every row meets the window and the time limit already.
+    inner = " AND ".join(
+        [b.d.valid_timestamp(at)] + ([] if FIELDS[f].is_time else [b.scan().valid(f)])
+    )
     return b.statement(b.d.timeline_sql(span, where, None if FIELDS[f].is_time else f, inner))
 
 
@@ -717,17 +720,16 @@ def summary_sql(b: Builder) -> Statement:
     return b.statement(b.d.summary_sql(b))
 
 
-def needs(b: Builder) -> dict[str, list[str]]:
-    """What each panel needs of a row; a row lacking it is counted as skipped by that panel."""
-    f, v, at = b.q.field, b.q.versus, "accessed_at"
-    person, user = b.d.nonempty("person_name"), b.d.nonempty("user_name")
+def needs_flags(b: Builder) -> dict[str, list[str]]:
+    """What each panel needs of a row, by the names of the summary's per-row checks."""
+    time = FIELDS[b.q.field].is_time
     return {
-        "top_traffic": [b.valid(f), b.valid(v)],
-        "top_people": [b.valid(f), person],
-        "timeline": [b.valid(at), b.valid(f)] if f != at else [b.valid(at)],
-        "distribution": [b.valid(f)],
-        "histogram": [b.valid(f)],
-        "age_groups": [user],
+        "top_traffic": ["ok_f", "ok_v"],
+        "top_people": ["ok_f", "ok_person"],
+        "timeline": ["ok_at"] if time else ["ok_at", "ok_f"],
+        "distribution": ["ok_f"],
+        "histogram": ["ok_f"],
+        "age_groups": ["ok_user"],
     }
 
 
@@ -986,3 +988,28 @@ def compute(
 ) -> dict[str, Any]:
     """Run every panel (or those named) on one connection and return their results."""
     return {name: run(conn, source, name, q) for name in (names or PANELS)}
+
+
+# Slowest first, so that two workers finish together.
+_ORDER = ("timeline", "summary", "age_groups", "histogram", "distribution", "top_people")
+
+
+def compute_all(engine: sa.Engine, source: Source, q: Query, workers: int = 2) -> dict[str, Any]:
+    """Run every panel, ``workers`` at a time on connections of their own; return the results.
+
+    The databases run each query outside Python's lock, so on a machine with several cores the
+    panels of one refresh take about as long as the slowest few, not their sum.
+
+    :param workers: queries in flight at once; 1 runs them one after another.
+    """
+    names = sorted(PANELS, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
+
+    def one(name: str) -> Any:
+        with engine.connect() as conn:
+            return run(conn, source, name, q)
+
+    if workers <= 1:
+        return {name: one(name) for name in PANELS}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drivendata-panel") as pool:
+        futures = {name: pool.submit(one, name) for name in names}
+        return {name: futures[name].result() for name in PANELS}
