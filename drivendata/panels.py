@@ -260,7 +260,7 @@ GROUP BY 1
 ORDER BY 1"""
 
     def histogram_by_expression(self, num: str, index: str, where: str, bins: int) -> str:
-        return f"""WITH r AS (
+        return f"""WITH r AS MATERIALIZED (
   SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where})
 SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE {self.least}({index}, {bins - 1}) END AS bin,
   COUNT(*) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
