@@ -48,6 +48,7 @@ MAX_KERNELS = 8
 DROP_TIMEOUT = 15.0
 PREHEAT = 1
 HOST = "127.0.0.1"
+TITLE = "DrivenData Dashboard"
 PORT = 8866
 
 CDN_LINKS = (
@@ -87,19 +88,19 @@ CAPACITY_PAGE = """<!DOCTYPE html>
 <title>DrivenData Dashboard: at capacity</title>
 <style>
   body {{ margin: 0; min-height: 100vh; display: flex; align-items: center;
-         justify-content: center; background: #f3f4f6; color: #1f2937;
+         justify-content: center; background: #f2f4f8; color: #2b3442;
          font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
   main {{ background: #fff; border-radius: 12px; padding: 40px 48px; max-width: 480px;
          box-shadow: 0 4px 18px rgba(15, 23, 42, 0.10); text-align: center; }}
-  h1 {{ color: #1d4ed8; font-size: 22px; margin: 0 0 12px; }}
+  h1 {{ color: #1a4d99; font-size: 22px; margin: 0 0 12px; }}
   p {{ font-size: 16px; line-height: 1.5; margin: 0 0 8px; }}
-  .small {{ color: #6b7280; font-size: 14px; }}
+  .small {{ color: #6b778a; font-size: 14px; }}
 </style>
 </head>
 <body>
 <main>
   <h1>DrivenData Dashboard</h1>
-  <p>The dashboard is at capacity: {count} people are viewing it, the most it serves at once.</p>
+  <p>The dashboard is at capacity: it is serving as many viewers as it can at once.</p>
   <p>Please try again shortly.</p>
   <p class="small">This page tries again by itself every {retry} seconds.</p>
 </main>
@@ -258,7 +259,7 @@ class PageHandler(TornadoVoilaHandler):
                 self.set_header("Retry-After", "15")
                 self.set_header("Cache-Control", "no-store")
                 self.set_header("Content-Type", "text/html; charset=UTF-8")
-                self.finish(CAPACITY_PAGE.format(count=count, retry=15))
+                self.finish(CAPACITY_PAGE.format(retry=15))
                 return
             # The page posts to /voila/api/shutdown/<kernel> when closed; without this cookie
             # that call is refused and the kernel waits for the culler.
@@ -378,7 +379,10 @@ def served_folder(notebook: Path) -> Iterator[Path]:
         folder = top / "page"
         folder.mkdir()
         target = folder / "dashboard.ipynb"
-        shutil.copyfile(notebook, target)
+        page = json.loads(notebook.read_text(encoding="utf-8"))
+        # The browser tab's title; Voilà would show the file name.
+        page.setdefault("metadata", {}).setdefault("title", TITLE)
+        target.write_text(json.dumps(page), encoding="utf-8")
         startup = top / "ipython" / "profile_default" / "startup"
         startup.mkdir(parents=True)
         (startup / "00-drivendata.py").write_text(KERNEL_STARTUP)
