@@ -133,12 +133,14 @@ def _sqlite_connect(source: Source, *, read_only: bool) -> sqlite3.Connection:
     path = source.sqlite_path.resolve()
     mode = "ro" if read_only else "rwc"
     uri = f"file:{path.as_posix()}?mode={mode}"
+    # A reader waits out a checkpoint; the writer gives up sooner and keeps its rows to retry.
+    timeout = 30 if read_only else 5
     if source.table.schema is None:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
     else:
         # The schema name becomes the name the store file is attached under, so that the same
         # schema-qualified table name works on SQLite as on the server databases.
-        conn = sqlite3.connect(":memory:", uri=True, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(":memory:", uri=True, check_same_thread=False, timeout=timeout)
         conn.execute("ATTACH DATABASE ? AS " + source.table.schema, (uri,))
     if not read_only:
         conn.execute(f"PRAGMA {source.table.schema or 'main'}.journal_mode=WAL")
@@ -284,7 +286,7 @@ def explain(exc: BaseException, source: Source) -> str:
         if "locked" in low or "busy" in low:
             return (
                 f"The SQLite store {source.sqlite_path} is locked by another writer; "
-                "retrying when it is released."
+                "wait for that writer to finish."
             )
         if "disk" in low and ("full" in low or "i/o" in low):
             return f"The disk holding {source.sqlite_path} is full; free space on it."

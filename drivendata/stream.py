@@ -285,8 +285,8 @@ class Stream:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.say(
-                    f"Cannot write to the database ({explain(exc, self.source)}) "
-                    f"Keeping {len(self.buffer)} rows and retrying."
+                    f"Cannot write to the database: {explain(exc, self.source)} "
+                    f"Keeping {len(self.buffer):,} unwritten rows until it is back."
                 )
             return False
         for _ in taken:

@@ -157,4 +157,37 @@ def test_stream_loses_and_duplicates_nothing_when_connections_drop(pg_schema: st
     assert streamer.made == 1500
     assert total == distinct == 1500
     # an outage is said once and its end once, never once per failed try
-    assert sum("Cannot write" in s for s in said) == sum("is back" in s for s in said)
+    assert sum("Cannot write" in s for s in said) == sum(
+        s.startswith("The database is back") for s in said
+    )
+
+
+def test_stream_keeps_its_rows_while_the_store_is_locked(tmp_path: Path) -> None:
+    """A long writer holds the store's lock; the generator waits, says so once, then catches up."""
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    source = source_from(f"sqlite:///{path}", "streaming_layer.streaming_data")
+    invoke("seed", "--url", f"sqlite:///{path}", "--rows", "10", "--days", "1")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    said: list[str] = []
+    streamer = Stream(source, rate=50, seed=3, say=said.append)
+    thread = threading.Thread(target=streamer.run, kwargs={"max_rows": 200}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not any("Cannot write" in s for s in said) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("locked" in s for s in said), said
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    check = sqlite3.connect(path)
+    total, distinct = check.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT unique_id) FROM streaming_data"
+    ).fetchone()
+    check.close()
+    assert total == distinct == 210
+    assert sum("Cannot write" in s for s in said) == 1, said
+    assert sum(s.startswith("The database is back") for s in said) == 1
