@@ -126,19 +126,22 @@ class Dashboard(widgets.VBox):
             control.observe(self._on_control, names="value")
 
         self.figures: dict[str, go.FigureWidget] = {}
+        self.cards: dict[str, widgets.Box] = {}
+        # The edit a view of each figure last reported having drawn, and when we last edited.
+        self._drawn: dict[str, int | None] = dict.fromkeys(figs.NAMES)
+        self._edited: dict[str, float] = dict.fromkeys(figs.NAMES, 0.0)
+        self.repaired = 0  # figures redrawn because a view missed an update
         for name in figs.NAMES:
             spec = figs.placeholder(name, q)
-            fig = go.FigureWidget(
-                data=spec["data"], layout={"template": figs.template(), **spec["layout"]}
-            )
-            fig._config = {"displaylogo": False, "responsive": True}
-            self.figures[name] = fig
-        cards = []
-        for name, fig in self.figures.items():
-            card = widgets.Box([fig], layout=widgets.Layout(min_width="0"))
+            card = widgets.Box([], layout=widgets.Layout(min_width="0"))
             card.add_class("dd-card")
             card.add_class(f"dd-{name.replace('_', '-')}")
-            cards.append(card)
+            self.cards[name] = card
+            self._show(
+                name, go.FigureWidget(data=spec["data"], layout={"template": figs.template()})
+            )
+            apply_figure(self.figures[name], spec)
+        cards = list(self.cards.values())
         self.grid = widgets.GridBox(cards)
         self.grid.add_class("dd-grid")
 
@@ -293,6 +296,7 @@ class Dashboard(widgets.VBox):
             self._wake.clear()
             force, self._dirty = self._dirty, False
             ok = await self.refresh(force)
+            self.repair_views()
             if not ok:
                 self._dirty = self._dirty or force
                 delay: float | None = BACKOFF[min(self.failures, len(BACKOFF)) - 1]
@@ -367,7 +371,44 @@ class Dashboard(widgets.VBox):
         specs = figs.figures(snap.results, snap.query)
         for name, spec in specs.items():
             apply_figure(self.figures[name], spec)
+            self._edited[name] = time.monotonic()
         self._shown_key = snap.key
+
+    def _show(self, name: str, fig: go.FigureWidget) -> None:
+        fig._config = {"displaylogo": False, "responsive": True}
+        fig.observe(lambda change: self._on_drawn(name, change), names="_js2py_traceDeltas")
+        self.figures[name] = fig
+        self._drawn[name] = None
+        self.cards[name].children = [fig]
+
+    def _on_drawn(self, name: str, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._drawn[name] = int(change["new"]["trace_edit_id"])
+
+    def repair_views(self, grace: float = 3.0) -> list[str]:
+        """Redraw any figure whose view missed an update; return the names redrawn.
+
+        A view reports the last edit of its traces that it drew (plotly's report of the
+        layout never reaches Python in this version). An update sent while the page was still
+        creating its views can be lost (seen on Voilà's first load), and with data that does
+        not change no later update would repair it: such a figure is replaced by a fresh one
+        built from its current state.
+
+        :param grace: seconds an update may take to reach the views before it counts as lost.
+        """
+        redrawn = []
+        for name, fig in list(self.figures.items()):
+            drawn = self._drawn[name]
+            if drawn is None or drawn >= fig._last_trace_edit_id:
+                continue  # no view yet, or the view is up to date
+            if time.monotonic() - self._edited[name] < grace:
+                continue
+            state = fig.to_dict()
+            self._show(name, go.FigureWidget(data=state["data"], layout=state["layout"]))
+            fig.close()
+            redrawn.append(name)
+        self.repaired += len(redrawn)
+        return redrawn
 
     # ------------------------------------------------------------ status
 

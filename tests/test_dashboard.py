@@ -276,3 +276,22 @@ def test_the_refresh_loop_recovers_by_itself(source: Source) -> None:
             d.close()
 
     asyncio.run(scenario())
+
+
+def test_a_view_that_missed_an_update_is_redrawn(dashboard: Dashboard) -> None:
+    dashboard.refresh_now()
+    pie = dashboard.figures["age_groups"]
+    # a view reports, once drawn, the last edit it has: here one from before the refresh
+    pie._js2py_traceDeltas = {"trace_deltas": [{}], "trace_edit_id": 0}
+    assert dashboard.repair_views(grace=0) == ["age_groups"]
+    fresh = dashboard.figures["age_groups"]
+    assert fresh is not pie and dashboard.cards["age_groups"].children == (fresh,)
+    assert fresh.data[0].values == pie.data[0].values
+    assert fresh.layout.title.text == "Users by age group"
+    # an up-to-date view, or none at all, needs nothing
+    hist = dashboard.figures["histogram"]
+    hist._js2py_traceDeltas = {
+        "trace_deltas": [{"uid": t.uid} for t in hist.data],
+        "trace_edit_id": hist._last_trace_edit_id,
+    }
+    assert dashboard.repair_views(grace=0) == []
