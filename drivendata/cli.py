@@ -72,7 +72,24 @@ def _query(**values: Any) -> Query:
         raise
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group; the serving commands load Voilà only when they are asked for."""
+
+    served = {"serve": "serve_command", "demo": "demo_command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.served])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.served:
+            from drivendata import server
+
+            command: click.Command = getattr(server, self.served[cmd_name])
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """DrivenData Live: a real-time dashboard of a streaming sessions table.
 
@@ -242,15 +259,3 @@ def _readable(value: Any) -> str:
         width = max(len(k) for k in value)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in value.items())
     return str(value)
-
-
-def _register_server_commands() -> None:
-    try:
-        from drivendata.server import demo_command, serve_command
-    except ImportError:  # the server module is optional while it is being built
-        return
-    main.add_command(serve_command, "serve")
-    main.add_command(demo_command, "demo")
-
-
-_register_server_commands()

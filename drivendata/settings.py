@@ -45,6 +45,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Rows per second that `drivendata stream` inserts (fractions allowed).",
     ),
     Setting(
+        "max_kernels",
+        "8",
+        "Most kernels serving viewers at once; visitors beyond it get the 'at capacity' page "
+        "(HTTP 503).",
+    ),
+    Setting(
+        "drop_timeout",
+        "15",
+        "Seconds a viewer's kernel may have no open page before it is shut down.",
+    ),
+    Setting(
+        "preheat",
+        "1",
+        "Kernels kept running the notebook before anyone visits, for a faster first paint; "
+        "0 for none.",
+    ),
+    Setting(
         "stream_buffer",
         "100000",
         "Most unwritten rows the stream generator keeps while the database is away.",
