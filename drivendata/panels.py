@@ -245,17 +245,26 @@ SELECT n, min, max, mean,
   {picks}
 FROM s"""
 
-    def timeline_sql(self, span: str, where: str, value: str | None, inner: str) -> str:
+    def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
+        # The rows are checked once, kept, and read twice: for the span, then the buckets.
+        at = "accessed_at"
+        need = [b.valid(at)] + ([b.valid(value)] if value else [])
         values = (
             "NULL AS min, NULL AS mean, NULL AS max"
             if value is None
-            else f"MIN({value}) AS min, AVG({value}) AS mean, MAX({value}) AS max"
+            else "MIN(v) AS min, AVG(v) AS mean, MAX(v) AS max"
         )
-        return f"""WITH {span}
-SELECT {self.prefix(self.text("accessed_at"), "(SELECT chars FROM width)")} AS bucket,
+        return f"""WITH checked AS MATERIALIZED (
+  SELECT {self.text(at)} AS at{f", {value} AS v" if value else ""}
+  FROM {self.table}
+  WHERE {b.where(*need)}),
+span AS (
+  SELECT lo, hi, {self.seconds("hi")} - {self.seconds("lo")} AS seconds
+  FROM (SELECT MIN(at) AS lo, MAX(at) AS hi FROM checked) AS bounds),
+width AS (SELECT {chars} AS chars FROM span)
+SELECT {self.prefix("at", "(SELECT chars FROM width)")} AS bucket,
   COUNT(*) AS sessions, {values}
-FROM {self.table}
-WHERE {where}
+FROM checked
 GROUP BY 1
 ORDER BY 1"""
 
@@ -306,12 +315,15 @@ FROM (
     def age_groups_sql(self, b: Builder, group: str) -> str:
         # A user's birth date is the latest well-formed, past one among their rows.
         bd = self.text("birth_date")
+        # Distinct (user, birth date) pairs first: each text is checked once, not once a row.
         return f"""SELECT {group} AS age_group, COUNT(*) AS users
 FROM (
   SELECT user_name,
     MAX(CASE WHEN {self.valid_date("birth_date")} AND {bd} <= :today THEN {bd} END) AS bd
-  FROM {self.table}
-  WHERE {b.where(self.nonempty("user_name"))}
+  FROM (
+    SELECT user_name, birth_date FROM {self.table}
+    WHERE {b.where(self.nonempty("user_name"))}
+    GROUP BY user_name, birth_date) AS pairs
   GROUP BY user_name) AS users
 GROUP BY 1"""
 
@@ -384,11 +396,20 @@ class SQLiteDialect(Dialect):
             for name, cols, cond in specs
         ]
 
-    def timeline_sql(self, span: str, where: str, value: str | None, inner: str) -> str:
+    def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
         # One index range per bucket: SQLite walks the time index in order and never sorts.
+        at = "accessed_at"
         steps = " ".join(f"WHEN {length} THEN {width}" for length, width in BUCKET_STEPS[:-2])
         values = "" if value is None else f", MIN({value}), AVG({value}), MAX({value})"
-        return f"""WITH RECURSIVE {span},
+        scan = b.scan()
+        span_where = b.where(b.valid(at), *([scan.valid(value)] if value else []))
+        # Within [lo, hi] every row meets the window and the time limit already.
+        inner = " AND ".join([self.valid_timestamp(at)] + ([scan.valid(value)] if value else []))
+        return f"""WITH RECURSIVE span AS (
+  SELECT lo, hi, {self.seconds("hi")} - {self.seconds("lo")} AS seconds
+  FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi
+        FROM {self.table} WHERE {span_where}) AS bounds),
+width AS (SELECT lo, hi, {chars} AS chars FROM span),
 step AS (SELECT chars, CASE chars {steps} END AS seconds,
   CASE
     WHEN chars = 7 THEN strftime('%Y-%m-01 00:00:00', lo)
@@ -656,29 +677,14 @@ def top_people_sql(b: Builder) -> Statement:
 
 def timeline_sql(b: Builder) -> Statement:
     f = b.q.field
-    at = "accessed_at"
-    need = [b.valid(at)] + ([] if FIELDS[f].is_time else [b.valid(f)])
-    where = b.where(*need)
-    seconds = f"{b.d.seconds('hi')} - {b.d.seconds('lo')}"
-    span_where = b.where(*([b.valid(at)] + ([] if FIELDS[f].is_time else [b.scan().valid(f)])))
+    value = None if FIELDS[f].is_time else f
+    # The finest text-prefix bucket that keeps the count within the limit, from the span.
     choice = "\n    ".join(
         f"WHEN seconds / {width} + 2 <= {b.q.buckets} THEN {length}"
         for length, width in BUCKET_STEPS[:-1]
     )
-    span = f"""span AS (
-  SELECT lo, hi, {seconds} AS seconds
-  FROM (SELECT MIN({b.d.text(at)}) AS lo, MAX({b.d.text(at)}) AS hi
-        FROM {b.d.table} WHERE {span_where}) AS bounds),
-width AS (
-  SELECT lo, hi, CASE
-    {choice}
-    ELSE {BUCKET_STEPS[-1][0]} END AS chars
-  FROM span)"""
-    # Within [lo, hi] every row meets the window and the time limit already.
-    inner = " AND ".join(
-        [b.d.valid_timestamp(at)] + ([] if FIELDS[f].is_time else [b.scan().valid(f)])
-    )
-    return b.statement(b.d.timeline_sql(span, where, None if FIELDS[f].is_time else f, inner))
+    chars = f"CASE\n    {choice}\n    ELSE {BUCKET_STEPS[-1][0]} END"
+    return b.statement(b.d.timeline_sql(b, value, chars))
 
 
 def distribution_sql(b: Builder) -> Statement:
