@@ -255,7 +255,12 @@ def distribution(stats: Mapping[str, Any] | None, q: Query) -> Figure:
     empty = count == 0 or stats is None
 
     def one(key: str) -> list[Any]:
-        return [] if empty or stats is None else [_plain(stats[key])]
+        if empty or stats is None:
+            return []
+        value = _plain(stats[key])
+        # plotly.js reads precomputed box numbers as numbers only: a time goes in as
+        # milliseconds since 1970, which a date axis shows as that time.
+        return [_epoch_ms(value) if f.is_time else value]
 
     trace = {
         "type": "box",
@@ -272,11 +277,22 @@ def distribution(stats: Mapping[str, Any] | None, q: Query) -> Figure:
         "width": 0.4,
         "fillcolor": "rgba(31, 95, 191, 0.18)",
         "line": {"color": BLUE, "width": 2},
-        "hoverinfo": "x",
+        "hoverinfo": "skip" if f.is_time else "x",
         "showlegend": False,
     }
     layout = _layout(title, empty, f"{q.field}|{q.window}")
-    layout["xaxis"] = _axis(f)
+    layout["xaxis"] = _axis(f) | {"tickvals": None, "ticktext": None}
+    if f.is_time:
+        # plotly.js draws a precomputed box on a number axis only: the five numbers
+        # become ticks labelled with their times.
+        ticks = [one(k)[0] for k in ("min", "q1", "median", "q3", "max")] if not empty else []
+        keys = ("min", "q1", "median", "q3", "max")
+        labels = [_plain(stats[k]) for k in keys] if ticks and stats is not None else []
+        layout["xaxis"] |= {
+            "type": "linear",
+            "tickvals": ticks,
+            "ticktext": [f"{v:%b %d<br>%H:%M}" for v in labels],
+        }
     layout["yaxis"] = {"visible": False, "type": "category", "title": {"text": None}}
     if not empty and stats is not None:
         parts = [f"{count:,} sessions", f"median {_format(stats['median'], f)}"]
@@ -455,6 +471,10 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return value
+
+
+def _epoch_ms(value: datetime) -> float:
+    return (value - datetime(1970, 1, 1)) / timedelta(milliseconds=1)
 
 
 def _hover(ref: str, f: Field, decimals: int = 0) -> str:
