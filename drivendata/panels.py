@@ -405,12 +405,16 @@ class SQLiteDialect(Dialect):
         span_where = b.where(b.valid(at), *([scan.valid(value)] if value else []))
         # Within [lo, hi] every row meets the window and the time limit already.
         inner = " AND ".join([self.valid_timestamp(at)] + ([scan.valid(value)] if value else []))
+        # ORDER BY ... LIMIT 1 stops at the first row that qualifies; MIN() with a condition
+        # the index cannot answer would read the whole index.
         return f"""WITH RECURSIVE span AS (
   SELECT lo, hi, {self.seconds("hi")} - {self.seconds("lo")} AS seconds
-  FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi
-        FROM {self.table} WHERE {span_where}) AS bounds),
-width AS (SELECT lo, hi, {chars} AS chars FROM span),
-step AS (SELECT chars, CASE chars {steps} END AS seconds,
+  FROM (SELECT
+    (SELECT {at} FROM {self.table} WHERE {span_where} ORDER BY {at} LIMIT 1) AS lo,
+    (SELECT {at} FROM {self.table} WHERE {span_where} ORDER BY {at} DESC LIMIT 1) AS hi
+  ) AS bounds),
+width AS MATERIALIZED (SELECT lo, hi, {chars} AS chars FROM span),
+step AS MATERIALIZED (SELECT chars, CASE chars {steps} END AS seconds,
   CASE
     WHEN chars = 7 THEN strftime('%Y-%m-01 00:00:00', lo)
     WHEN chars = 4 THEN strftime('%Y-01-01 00:00:00', lo)
