@@ -34,7 +34,7 @@ from drivendata.panels import (
     WINDOWS,
     Query,
     QueryError,
-    compute,
+    compute_all,
     data_version,
 )
 
@@ -43,6 +43,8 @@ INTERVALS: dict[str, float | None] = {"off": None, "2s": 2.0, "5s": 5.0, "15s": 
 INTERVAL_LABELS = {"off": "Off", "2s": "2 s", "5s": "5 s", "15s": "15 s", "60s": "60 s"}
 # No row newer than this while refreshing is on: the status says the data is stale.
 STALE_AFTER = timedelta(minutes=10)
+# Panel queries in flight at once for one refresh (the databases run them outside Python's lock).
+PANEL_WORKERS = 2
 # A moving window loses old rows without any new one arriving: recompute it this often anyway.
 WINDOW_RECHECK = 60.0
 # Seconds between retries after consecutive failures; the last one repeats.
@@ -336,8 +338,9 @@ class Dashboard(widgets.VBox):
             q = Query(
                 field=key[0], versus=key[1], window=key[2], buckets=self.buckets, bins=self.bins
             )
-            self.computes += 1
-            results = compute(conn, self.source, q)
+        self.computes += 1
+        # the panels run two at a time, each on a connection of its own
+        results = compute_all(self._engine, self.source, q, workers=PANEL_WORKERS)
         snap = Snapshot(key, q, version, results, _utcnow(), time.monotonic() - began)
         return Outcome(key, version, snap)
 
