@@ -740,7 +740,11 @@ def age_groups_sql(b: Builder) -> Statement:
 
 def summary_sql(b: Builder) -> Statement:
     b.params["recent"] = stamp(b.q.now - timedelta(minutes=5))
-    return b.statement(b.d.summary_sql(b))
+    version = version_sql(b.d)
+    b.params.update(version.params)
+    return b.statement(
+        f"SELECT counts.*, ({version.sql}) AS version\nFROM (\n{b.d.summary_sql(b)}\n) AS counts"
+    )
 
 
 def needs_flags(b: Builder) -> dict[str, list[str]]:
@@ -924,6 +928,7 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
         "users": int(row["users"] or 0),
         "newest": _time(row["newest"]),
         "last_5_minutes": int(row["last_5_minutes"] or 0),
+        "version": None if row.get("version") is None else str(row["version"]),
         "skipped": {
             name: int(row[f"skipped_{name}"] or 0)
             for name in (

@@ -120,6 +120,21 @@ def test_notebooks_are_committed_without_outputs() -> None:
                 assert not cell.outputs and cell.execution_count is None, path.name
 
 
+def test_the_conda_environment_has_the_same_dependencies() -> None:
+    import tomllib
+
+    import yaml
+
+    def name(spec: str) -> str:
+        return re.split(r"[\[<>=!~ ]", spec.strip(), maxsplit=1)[0].lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {name(d) for d in project["dependencies"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = {name(d) for d in env["dependencies"] if isinstance(d, str)}
+    assert wanted <= listed, wanted - listed
+
+
 def test_the_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

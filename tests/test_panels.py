@@ -120,7 +120,10 @@ def test_age_groups(dataset: Dataset, results: dict, field: str, window: str) ->
 def test_summary(dataset: Dataset, results: dict, field: str, window: str) -> None:
     got = results[field, window]["summary"]
     want = Oracle(dataset.rows, dataset.now, window).summary(field, "consumed_traffic")
+    version = got.pop("version")
     assert got == want
+    with reader(dataset.source).connect() as conn:
+        assert version == data_version(conn, dataset.source)
 
 
 def test_versus_replaces_the_ranking(dataset: Dataset) -> None:
