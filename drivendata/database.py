@@ -34,6 +34,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
+_SECRET_PARAMS = {"aws_secret_access_key", "aws_session_token", "password", "sslpassword"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -87,7 +88,13 @@ class Source:
     @property
     def display(self) -> str:
         """The URL for people to see: never a password or key."""
-        return self.url.render_as_string(hide_password=True)
+        url = self.url
+        if url.username and self.kind == "athena":  # an access key id
+            url = url.set(username="***")
+        secret = {k: "***" for k in url.query if k.lower() in _SECRET_PARAMS}
+        if secret:
+            url = url.update_query_dict(secret)
+        return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
     @property
     def label(self) -> str:
@@ -174,7 +181,20 @@ def reader(source: Source, **kwargs: Any) -> Engine:
             pool_size=4,
             **kwargs,
         )
-    return sa.create_engine(source.url, poolclass=NullPool, **kwargs)
+    return sa.create_engine(
+        source.url, poolclass=NullPool, connect_args=athena_connect_args(source), **kwargs
+    )
+
+
+def athena_connect_args(source: Source) -> dict[str, Any]:
+    """PyAthena options the URL leaves unset: result reuse on by default, to cut scans."""
+    minutes = settings.get_int("athena_result_reuse_minutes", minimum=0)
+    args: dict[str, Any] = {}
+    if "result_reuse_enable" not in source.url.query and minutes > 0:
+        args["result_reuse_enable"] = True
+        if "result_reuse_minutes" not in source.url.query:
+            args["result_reuse_minutes"] = minutes
+    return args
 
 
 def writer(source: Source) -> Engine:
@@ -292,6 +312,10 @@ def explain(exc: BaseException, source: Source) -> str:
             return f"The disk holding {source.sqlite_path} is full; free space on it."
         if "not a database" in low or "malformed" in low:
             return f"{source.sqlite_path} is not a SQLite database; point the URL at the store."
+    if source.kind == "athena":
+        sentence = _athena_sentence(text, low, source)
+        if sentence:
+            return sentence
     if "password authentication failed" in low or ("role" in low and "does not exist" in low):
         return (
             f"The server at {where} refused the user name or password; fix the credentials "
@@ -350,3 +374,44 @@ def explain(exc: BaseException, source: Source) -> str:
 def _first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "unknown error"
     return line.rstrip(".")[:200]
+
+
+def _athena_sentence(text: str, low: str, source: Source) -> str | None:
+    where = source.display
+    table = str(source.table)
+    if "unable to locate credentials" in low or "nocredentialserror" in low:
+        return (
+            "No AWS credentials were found for Athena; provide them the standard AWS way "
+            "(an instance or task role, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY), never in the database URL."
+        )
+    if "accessdenied" in low or "access denied" in low or "not authorized" in low:
+        return (
+            f"AWS denied the dashboard's role access for {where} ({_first_line(text)}); grant "
+            "it the Athena, Glue and S3 permissions listed in the README."
+        )
+    if "workgroup" in low and ("not exist" in low or "not found" in low):
+        return (
+            f"The Athena workgroup named in {where} does not exist; fix work_group in "
+            "DRIVENDATA_DATABASE_URL or create the workgroup."
+        )
+    if "nosuchbucket" in low or "bucket does not exist" in low or "s3_staging_dir" in low:
+        return (
+            "Athena cannot write query results to the staging bucket; fix s3_staging_dir in "
+            "DRIVENDATA_DATABASE_URL or give the role access to that bucket."
+        )
+    if "table_not_found" in low or "schema_not_found" in low or (
+        "table" in low and "does not exist" in low
+    ):
+        return (
+            f"The table {table} does not exist in Athena's catalog at {where}; set "
+            "DRIVENDATA_TABLE to <glue database>.<table> of the sessions table."
+        )
+    if "cancelled" in low or "canceled" in low:
+        return "Athena cancelled the query before it finished; the next refresh runs it again."
+    if "timed out" in low or "timeout" in low or "exceeded_time_limit" in low:
+        return (
+            "Athena did not finish the query in time; pick a shorter window or raise the "
+            "workgroup's query time limit."
+        )
+    return None

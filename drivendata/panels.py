@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -682,6 +683,15 @@ WHERE {where}
 GROUP BY 1
 ORDER BY 1"""
 
+    def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
+        # floor() of a double quotient, not "/" on integers, whose meaning differs between
+        # engines; exact here, since a quotient that is not whole is at least 1/(hi - lo)
+        # away from one, far more than a double's rounding.
+        index = self.floor(
+            f"CAST((CAST({value} AS BIGINT) - r.lo) * {bins} AS DOUBLE) / (r.hi - r.lo)"
+        )
+        return self.histogram_by_expression(value, index, where, bins)
+
     def summary_sql(self, b: Builder) -> str:
         # One scan; the engine's CPU is not billed, the bytes it reads are.
         f, v, at = b.q.field, b.q.versus, "accessed_at"
@@ -1099,13 +1109,18 @@ def statements(source: Source, q: Query) -> dict[str, Statement]:
     return {name: panel.build(Builder(d, q)) for name, panel in PANELS.items()}
 
 
-def run(conn: sa.Connection, source: Source, name: str, q: Query) -> Any:
-    """Run one panel and return its small result."""
+def run(
+    conn: sa.Connection, source: Source, name: str, q: Query, meter: Meter | None = None
+) -> Any:
+    """Run one panel and return its small result.
+
+    :param meter: adds up the queries sent and the bytes the source scanned for them.
+    """
     if name not in PANELS:
         raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
     panel = PANELS[name]
     stmt = panel.build(Builder(dialect_for(source), q))
-    rows = _fetch(conn, stmt)
+    rows = _fetch(conn, stmt, meter)
     if name == "top_people" and len(rows) < TOP:
         # Fewer than ten people among the top rows: rank everyone (small or odd tables only).
         full = Builder(dialect_for(source), q)
@@ -1113,12 +1128,29 @@ def run(conn: sa.Connection, source: Source, name: str, q: Query) -> Any:
         where = full.where(full.valid(f), full.d.nonempty("person_name"))
         sql = f"""SELECT person_name, MAX({full.value(f)}) AS value FROM {full.d.table}
 WHERE {where} GROUP BY person_name ORDER BY value DESC, {full.d.text("person_name")} LIMIT {TOP}"""
-        rows = _fetch(conn, full.statement(sql))
+        rows = _fetch(conn, full.statement(sql), meter)
     return panel.shape(rows, q)
 
 
-def _fetch(conn: sa.Connection, stmt: Statement) -> pd.DataFrame:
+@dataclass
+class Meter:
+    """What the statements of one refresh cost: queries sent and bytes scanned (Athena)."""
+
+    queries: int = 0
+    scanned_bytes: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def add(self, cursor: Any) -> None:
+        scanned = getattr(cursor, "data_scanned_in_bytes", None)
+        with self.lock:
+            self.queries += 1
+            self.scanned_bytes += int(scanned or 0)
+
+
+def _fetch(conn: sa.Connection, stmt: Statement, meter: Meter | None = None) -> pd.DataFrame:
     result = conn.execute(sa.text(stmt.sql), stmt.params)
+    if meter is not None:  # before fetching: a fetched result closes its cursor
+        meter.add(result.cursor)
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
@@ -1145,19 +1177,29 @@ def compute(
 _ORDER = ("timeline", "summary", "age_groups", "histogram", "distribution", "top_people")
 
 
-def compute_all(engine: sa.Engine, source: Source, q: Query, workers: int = 2) -> dict[str, Any]:
+def compute_all(
+    engine: sa.Engine,
+    source: Source,
+    q: Query,
+    workers: int | None = None,
+    meter: Meter | None = None,
+) -> dict[str, Any]:
     """Run every panel, ``workers`` at a time on connections of their own; return the results.
 
     The databases run each query outside Python's lock, so on a machine with several cores the
     panels of one refresh take about as long as the slowest few, not their sum.
 
-    :param workers: queries in flight at once; 1 runs them one after another.
+    :param workers: queries in flight at once; 1 runs them one after another. By default two
+        on SQLite and PostgreSQL (two cores here), and all at once on Athena, where each query
+        waits seconds on the service: a refresh then costs one round trip, not seven.
     """
+    if workers is None:
+        workers = len(PANELS) if source.kind == "athena" else 2
     names = sorted(PANELS, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
 
     def one(name: str) -> Any:
         with engine.connect() as conn:
-            return run(conn, source, name, q)
+            return run(conn, source, name, q, meter)
 
     if workers <= 1:
         return {name: one(name) for name in PANELS}

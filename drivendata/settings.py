@@ -45,6 +45,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Rows per second that `drivendata stream` inserts (fractions allowed).",
     ),
     Setting(
+        "athena_result_reuse_minutes",
+        "60",
+        "On Athena, answer a query already run within this many minutes from its stored result "
+        "instead of scanning again (PyAthena result reuse); 0 turns reuse off.",
+    ),
+    Setting(
+        "athena_price_per_tb",
+        "5",
+        "US dollars Athena charges per terabyte scanned, to price each refresh in the status line.",
+    ),
+    Setting(
+        "athena_min_refresh",
+        "60",
+        "Fewest seconds between automatic refreshes on Athena, whatever interval a viewer picks.",
+    ),
+    Setting(
+        "athena_max_scan_gb",
+        "10",
+        "Gigabytes one refresh may scan on Athena; a refresh that scans more pauses automatic "
+        "refresh with a message saying so.",
+    ),
+    Setting(
         "max_kernels",
         "8",
         "Most kernels serving viewers at once; visitors beyond it get the 'at capacity' page "

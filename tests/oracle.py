@@ -89,8 +89,12 @@ class Oracle:
             {"sessions": g.size(), "min": g.min(), "mean": g.mean(), "max": g.max()}
         ).reset_index(names="bucket")
 
+    def values(self, field: str) -> np.ndarray:
+        """The field's valid values as numbers (seconds for a time), sorted."""
+        return np.sort(self.number(field, self.frame.loc[self.ok(field), field]).to_numpy())
+
     def distribution(self, field: str) -> dict[str, float]:
-        values = self.number(field, self.frame.loc[self.ok(field), field]).to_numpy()
+        values = self.values(field)
         if len(values) == 0:
             return {"count": 0}
         q1, median, q3 = np.percentile(values, [25, 50, 75])
