@@ -5,6 +5,8 @@ asyncio task on the kernel's event loop; database work runs in one worker thread
 controls stay responsive and at most one refresh is ever in flight. Each tick asks the source
 for its cheap data version and recomputes the panels only when it or a control changed.
 Figures are computed as plain data by :mod:`drivendata.figures` and applied in one place.
+With a :class:`~drivendata.cache.ResultCache` (the settings turn one on), all viewers of a server
+share each recomputation: one kernel runs the panels, the others read its results.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sqlalchemy as sa
 
 from drivendata import figures as figs
 from drivendata import settings
+from drivendata.cache import ResultCache
 from drivendata.database import Source, SourceError, explain, reader, source_from
 from drivendata.panels import (
     FIELDS,
@@ -64,6 +67,7 @@ class Snapshot:
     at: datetime
     took: float
     computed: float = field(default_factory=time.monotonic)
+    shared: bool = False  # read from the shared cache: another viewer computed it
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Dashboard(widgets.VBox):
     :param interval: refresh interval, one of ``off``, ``2s``, ``5s``, ``15s``, ``60s``.
     :param autostart: start the refresh loop on the running event loop, if there is one.
     :param problem: a sentence to show instead of data.
+    :param cache: the result cache shared with other viewers; ``None`` (the default) queries
+        the source directly. :meth:`from_settings` passes the one the settings describe.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class Dashboard(widgets.VBox):
         interval: str = "5s",
         autostart: bool = True,
         problem: str | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         if interval not in INTERVALS:
             raise ValueError(
@@ -103,6 +110,7 @@ class Dashboard(widgets.VBox):
             )
         self.source = source
         self.problem = problem
+        self.cache = cache
         q = query or Query()
         self.buckets, self.bins = q.buckets, q.bins
         self.computes = 0  # panel computations run, for tests and benchmarks
@@ -166,9 +174,14 @@ class Dashboard(widgets.VBox):
     def from_settings(cls, **kwargs: Any) -> Dashboard:
         """Build the dashboard from the DRIVENDATA_* settings; a bad setting becomes the status.
 
-        :param kwargs: passed on to the constructor (``interval``, ``autostart``).
+        :param kwargs: passed on to the constructor (``interval``, ``autostart``, ``cache``).
         """
         problem = None
+        if "cache" not in kwargs:
+            try:
+                kwargs["cache"] = ResultCache.from_settings()
+            except settings.SettingError as exc:
+                kwargs["cache"], problem = None, str(exc)
         try:
             query = Query.from_settings()
         except (QueryError, settings.SettingError) as exc:
@@ -339,9 +352,21 @@ class Dashboard(widgets.VBox):
                 field=key[0], versus=key[1], window=key[2], buckets=self.buckets, bins=self.bins
             )
         self.computes += 1
-        # the panels run two at a time, each on a connection of its own
-        results = compute_all(self._engine, self.source, q, workers=PANEL_WORKERS)
-        snap = Snapshot(key, q, version, results, _utcnow(), time.monotonic() - began)
+        engine, source = self._engine, self.source
+
+        def compute() -> dict[str, Any]:
+            # the panels run two at a time, each on a connection of its own
+            return compute_all(engine, source, q, workers=PANEL_WORKERS)
+
+        shared = False
+        if self.cache is None:
+            results = compute()
+        else:
+            results = self.cache.fetch(source, q, version, compute)
+            shared = self.cache.stats.last in ("hit", "waited")
+        snap = Snapshot(
+            key, q, version, results, _utcnow(), time.monotonic() - began, shared=shared
+        )
         return Outcome(key, version, snap)
 
     def _succeeded(self, outcome: Outcome) -> None:
@@ -493,7 +518,8 @@ def status_html(
             best = figs._format(top["value"].iloc[0], f)
             who = esc(str(top["person_name"].iloc[0]))
             parts.append(f"highest {esc(f.label.lower())}: <b>{who}</b> ({esc(best)})")
-        parts.append(f"refreshed {snapshot.at:%H:%M:%S} UTC in {snapshot.took:.2f} s")
+        shared = " (shared)" if snapshot.shared else ""
+        parts.append(f"refreshed {snapshot.at:%H:%M:%S} UTC in {snapshot.took:.2f} s{shared}")
         if rows == 0:
             level = "info"
             parts.insert(1, f"No sessions in {esc(window)} yet; the panels fill in as rows arrive")
