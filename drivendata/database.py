@@ -316,7 +316,7 @@ def explain(exc: BaseException, source: Source) -> str:
         sentence = _athena_sentence(text, low, source)
         if sentence:
             return sentence
-    if "password authentication failed" in low or ("role" in low and "does not exist" in low):
+    if "authentication" in low or ("role" in low and "does not exist" in low):
         return (
             f"The server at {where} refused the user name or password; fix the credentials "
             "in DRIVENDATA_DATABASE_URL."
@@ -334,11 +334,6 @@ def explain(exc: BaseException, source: Source) -> str:
         return (
             f"The table {table} lacks a column the dashboard needs ({_first_line(text)}); "
             "point DRIVENDATA_TABLE at a table with the sessions' columns."
-        )
-    if "password authentication failed" in low or "authentication" in low:
-        return (
-            f"The server at {where} refused the user name or password; fix the credentials "
-            "in DRIVENDATA_DATABASE_URL."
         )
     if "database" in low and "does not exist" in low:
         return (
@@ -400,8 +395,10 @@ def _athena_sentence(text: str, low: str, source: Source) -> str | None:
             "Athena cannot write query results to the staging bucket; fix s3_staging_dir in "
             "DRIVENDATA_DATABASE_URL or give the role access to that bucket."
         )
-    if "table_not_found" in low or "schema_not_found" in low or (
-        "table" in low and "does not exist" in low
+    if (
+        "table_not_found" in low
+        or "schema_not_found" in low
+        or ("table" in low and "does not exist" in low)
     ):
         return (
             f"The table {table} does not exist in Athena's catalog at {where}; set "

@@ -14,18 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from drivendata.panels import FIELDS, WINDOW_LABELS, Field, Query
+from drivendata.panels import FIELDS, FIGURE_PANELS, WINDOW_LABELS, Field, Query
 
 Figure = dict[str, Any]
 
-NAMES: tuple[str, ...] = (
-    "top_traffic",
-    "top_people",
-    "timeline",
-    "distribution",
-    "histogram",
-    "age_groups",
-)
+NAMES: tuple[str, ...] = FIGURE_PANELS
 EMPTY = "No sessions yet"
 HEIGHT = 380
 

@@ -77,6 +77,8 @@ AGE_GROUPS: tuple[tuple[str, int | None], ...] = (
 )
 UNKNOWN_AGE = "unknown"
 
+# The panels drawn as figures; the summary counts the rows each of them skipped.
+FIGURE_PANELS = ("top_traffic", "top_people", "timeline", "distribution", "histogram", "age_groups")
 TOP = 10
 # Rows ranked before grouping by person: enough that the top people are found among them.
 CANDIDATES = 1000
@@ -287,14 +289,8 @@ ORDER BY 1"""
     def summary_sql(self, b: Builder) -> str:
         # Each row's checks are made once, in a subquery the planner may not inline
         # (OFFSET 0), and summed outside.
-        f, v, at = b.q.field, b.q.versus, "accessed_at"
-        flags = {
-            "ok_at": b.valid(at),
-            "ok_f": b.valid(f),
-            "ok_v": b.valid(v),
-            "ok_person": self.nonempty("person_name"),
-            "ok_user": self.nonempty("user_name"),
-        }
+        at = "accessed_at"
+        flags = row_checks(b)
         columns = ",\n    ".join(f"{sql} AS {name}" for name, sql in flags.items())
         skipped = ",\n  ".join(
             f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE 1 END) AS skipped_{name}"
@@ -694,14 +690,8 @@ ORDER BY 1"""
 
     def summary_sql(self, b: Builder) -> str:
         # One scan; the engine's CPU is not billed, the bytes it reads are.
-        f, v, at = b.q.field, b.q.versus, "accessed_at"
-        flags = {
-            "ok_at": b.valid(at),
-            "ok_f": b.valid(f),
-            "ok_v": b.valid(v),
-            "ok_person": self.nonempty("person_name"),
-            "ok_user": self.nonempty("user_name"),
-        }
+        at = "accessed_at"
+        flags = row_checks(b)
 
         def ok(names: list[str]) -> str:
             return " AND ".join(f"({flags[n]})" for n in names)
@@ -869,6 +859,17 @@ def summary_sql(b: Builder) -> Statement:
     return b.statement(
         f"SELECT counts.*, ({version.sql}) AS version\nFROM (\n{b.d.summary_sql(b)}\n) AS counts"
     )
+
+
+def row_checks(b: Builder) -> dict[str, str]:
+    """The per-row checks the summary counts skipped rows with, by name."""
+    return {
+        "ok_at": b.valid("accessed_at"),
+        "ok_f": b.valid(b.q.field),
+        "ok_v": b.valid(b.q.versus),
+        "ok_person": b.d.nonempty("person_name"),
+        "ok_user": b.d.nonempty("user_name"),
+    }
 
 
 def needs_flags(b: Builder) -> dict[str, list[str]]:
@@ -1062,17 +1063,7 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
         "newest": _time(row["newest"]),
         "last_5_minutes": int(row["last_5_minutes"] or 0),
         "version": None if row.get("version") is None else str(row["version"]),
-        "skipped": {
-            name: int(row[f"skipped_{name}"] or 0)
-            for name in (
-                "top_traffic",
-                "top_people",
-                "timeline",
-                "distribution",
-                "histogram",
-                "age_groups",
-            )
-        },
+        "skipped": {name: int(row[f"skipped_{name}"] or 0) for name in FIGURE_PANELS},
     }
     return out
 
