@@ -327,3 +327,19 @@ def test_sql_and_display_never_show_keys() -> None:
 def test_every_field_has_athena_sql() -> None:
     for field in FIELDS:
         assert len(statements(athena(), Query(field=field))) == len(PANELS)
+
+
+def test_check_works_on_athena(aws: str) -> None:
+    """`drivendata check` against moto's Athena: the column probe, then the row count."""
+    from click.testing import CliRunner
+
+    from drivendata.cli import main
+
+    queue(
+        aws,
+        ([n for n, _ in COLUMNS], ["varchar"] * len(COLUMNS), []),
+        (["_col0"], ["bigint"], [(1234,)]),
+    )
+    result = CliRunner().invoke(main, ["check", "--url", URL, "--table", TABLE])
+    assert result.exit_code == 0, result.output
+    assert "1,234 rows" in result.output and "Athena" in result.output
