@@ -13,15 +13,20 @@ configured by hand:
   instead of a kernel;
 - ``/healthz``, which answers with JSON and starts no kernel;
 - the page's two FontAwesome stylesheet links to a CDN are dropped, so that the page asks
-  nothing of the internet (the dashboard uses no icon font).
+  nothing of the internet (the dashboard uses no icon font);
+- access: off loopback, a viewer needs a shared token (jupyter_server's identity provider, as
+  Voilà sets it up: ``/?token=...`` once, or the login page), unless the operator turns that
+  off on purpose with DRIVENDATA_OPEN_ACCESS=1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -50,6 +55,7 @@ PREHEAT = 1
 HOST = "127.0.0.1"
 TITLE = "DrivenData Dashboard"
 PORT = 8866
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 CDN_LINKS = (
     '<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free'
@@ -391,6 +397,26 @@ def served_folder(notebook: Path) -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+def access_token(host: str) -> tuple[str | None, bool]:
+    """Return the token viewers need (None: the page is open) and whether it was generated.
+
+    The token comes from DRIVENDATA_TOKEN; without one, loopback serving is open and any other
+    address gets a random token, unless DRIVENDATA_OPEN_ACCESS=1 opens it on purpose.
+    """
+    token = setting("token", "")
+    open_access = setting("open_access", "0").lower() in ("1", "true", "yes", "on")
+    if open_access and token:
+        raise click.ClickException(
+            "DRIVENDATA_OPEN_ACCESS=1 serves the page without a token, yet DRIVENDATA_TOKEN is "
+            "set too; unset one of them."
+        )
+    if token or open_access:
+        return token or None, False
+    if host in LOOPBACK:
+        return None, False
+    return secrets.token_urlsafe(24), True
+
+
 def voila_config(
     host: str,
     port: int,
@@ -398,13 +424,21 @@ def voila_config(
     max_kernels: int,
     preheat: int,
     drop_timeout: float,
+    token: str | None = None,
 ) -> Config:
-    """Return the traitlets configuration of the Voilà app."""
+    """Return the traitlets configuration of the Voilà app.
+
+    :param token: the token a viewer needs; None for an open page.
+    """
     c = Config()
     c.Voila.ip = host
     c.Voila.port = port
     c.Voila.port_retries = 0
     c.Voila.open_browser = False
+    if token:
+        c.Voila.token = token
+        # A login cookie then stays valid across restarts and tasks that share the token.
+        c.Voila.cookie_secret = hashlib.sha256(b"drivendata-cookie:" + token.encode()).digest()
     c.DashboardVoila.max_kernels = max_kernels
     vc = c.VoilaConfiguration
     vc.strip_sources = True
@@ -435,7 +469,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def page_url(host: str, port: int) -> str:
-    shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+    shown = "localhost" if host in LOOPBACK else host
     if host in ("0.0.0.0", "::"):
         shown = socket.gethostname()
     return f"http://{shown}:{port}/"
@@ -453,7 +487,8 @@ def serve(
 ) -> None:
     """Serve the dashboard page with Voilà until interrupted.
 
-    :param notebook: the notebook to serve; defaults to the dashboard's.
+    :param notebook: the notebook to serve; defaults to DRIVENDATA_NOTEBOOK, else the
+        dashboard's.
     :param max_kernels: most viewers' kernels at once [env DRIVENDATA_MAX_KERNELS].
     :param preheat: kernels kept running the notebook before anyone asks, 0 for none
         [env DRIVENDATA_PREHEAT].
@@ -466,13 +501,35 @@ def serve(
         preheat = int(_number("preheat", PREHEAT, minimum=0))
     if drop_timeout is None:
         drop_timeout = _number("drop_timeout", DROP_TIMEOUT, minimum=1)
+    notebook = notebook or setting("notebook", "")
     source = Path(notebook) if notebook else find_notebook()
     if not source.is_file():
-        raise click.ClickException(f"The notebook {source} does not exist; pass an existing one.")
+        raise click.ClickException(
+            f"The notebook {source} does not exist; pass an existing one (or set "
+            "DRIVENDATA_NOTEBOOK to one)."
+        )
+    token, generated = access_token(host)
     _check_port(host, port)
     config = voila_config(
-        host, port, max_kernels=max_kernels, preheat=preheat, drop_timeout=drop_timeout
+        host,
+        port,
+        max_kernels=max_kernels,
+        preheat=preheat,
+        drop_timeout=drop_timeout,
+        token=token,
     )
+    if generated:
+        click.echo(
+            f"Viewers need a token; this one was made for this run: {page_url(host, port)}"
+            f"?token={token} (set DRIVENDATA_TOKEN to choose one).",
+            err=True,
+        )
+    elif token:
+        click.echo(
+            "Viewers need the token in DRIVENDATA_TOKEN: open the page with ?token=…", err=True
+        )
+    elif host not in LOOPBACK:
+        click.echo("DRIVENDATA_OPEN_ACCESS=1: the page is open to anyone who reaches it.", err=True)
     with served_folder(source) as path:
         # Kernels inherit the server's environment; see WIDGET_ESM and KERNEL_STARTUP.
         os.environ["DRIVENDATA_WIDGET_ESM"] = widget_esm()
@@ -564,6 +621,20 @@ def demo_command(
 
     Example: drivendata demo --rows 1000000 --port 8866
     """
+    run_demo(host, port, rows=rows, days=days, rate=rate, seed=seed, open_browser=open_browser)
+
+
+def run_demo(
+    host: str,
+    port: int,
+    *,
+    rows: int = 200_000,
+    days: float = 7.0,
+    rate: float | None = None,
+    seed: int = 42,
+    open_browser: bool = False,
+) -> None:
+    """Create the store, backfill it when empty, stream into it and serve the page."""
     from drivendata import settings, stream
     from drivendata.database import SourceError, ensure_store, source_from
 
@@ -596,6 +667,32 @@ def demo_command(
         click.echo("Stopped the stream and the server.", err=True)
 
 
+@click.command(name="container")
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on; every interface, as a container needs.",
+)
+@click.option(
+    "--port", type=int, envvar="PORT", default=PORT, show_default=True, help="Port [env PORT]."
+)
+def container_command(host: str, port: int) -> None:
+    """Run as the container image does: the page on DRIVENDATA_DATABASE_URL when it is set,
+    else the embedded demo (store, history, stream and page).
+
+    Off loopback a viewer needs DRIVENDATA_TOKEN (or the random token printed at start).
+
+    Example: PORT=8080 DRIVENDATA_TOKEN=s3cret python -m drivendata.server container
+    """
+    if os.environ.get("DRIVENDATA_DATABASE_URL", "").strip():
+        click.echo(f"Serving the dashboard at {page_url(host, port)}", err=True)
+        serve(host, port)
+    else:
+        click.echo("No DRIVENDATA_DATABASE_URL: running the embedded demo.", err=True)
+        run_demo(host, port)
+
+
 if __name__ == "__main__":
-    group = click.Group(commands=[serve_command, demo_command])
+    group = click.Group(commands=[serve_command, demo_command, container_command])
     sys.exit(group())

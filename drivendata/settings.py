@@ -90,6 +90,23 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# Serving in a container or the cloud: who may open the page, and which notebook it is.
+SETTINGS += (
+    Setting(
+        "token",
+        "",
+        "Shared token a viewer needs to open the page (read it from a secret); empty: none on "
+        "loopback, a random one (printed at start) on any other address.",
+    ),
+    Setting(
+        "open_access",
+        "0",
+        "1 serves the page without a token on any address, on purpose: for example behind "
+        "single sign-on at the load balancer.",
+    ),
+    Setting("notebook", "", "Path of the notebook to serve; empty: the dashboard's own."),
+)
+
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
