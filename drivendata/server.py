@@ -439,6 +439,8 @@ def voila_config(
         c.Voila.token = token
         # A login cookie then stays valid across restarts and tasks that share the token.
         c.Voila.cookie_secret = hashlib.sha256(b"drivendata-cookie:" + token.encode()).digest()
+        # The login page would otherwise let any viewer who has the token set a password.
+        c.PasswordIdentityProvider.allow_password_change = False
     c.DashboardVoila.max_kernels = max_kernels
     vc = c.VoilaConfiguration
     vc.strip_sources = True
