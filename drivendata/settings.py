@@ -12,6 +12,11 @@ def _default_store() -> str:
     return f"sqlite:///{base / 'drivendata' / 'drivendata.db'}"
 
 
+def _default_cache() -> str:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return str(base / "drivendata" / "cache")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -87,6 +92,34 @@ SETTINGS: tuple[Setting, ...] = (
         "stream_buffer",
         "100000",
         "Most unwritten rows the stream generator keeps while the database is away.",
+    ),
+    Setting(
+        "cache",
+        "on",
+        "Share panel results between all viewers (kernels) through the result cache; off to "
+        "have every viewer query the source itself.",
+    ),
+    Setting(
+        "cache_dir",
+        _default_cache(),
+        "Directory of the shared result cache; every kernel of a server must see the same one.",
+    ),
+    Setting(
+        "cache_megabytes",
+        "64",
+        "Most megabytes of results the cache keeps; least recently used go first.",
+    ),
+    Setting(
+        "cache_wait",
+        "30",
+        "Most seconds a viewer waits for another that is computing the same panels, before "
+        "computing them itself.",
+    ),
+    Setting(
+        "cache_slot",
+        "60",
+        "Seconds a cached result answers for at most, even when the data did not change "
+        "(the panels depend on the time: windows move, rows age).",
     ),
 )
 
