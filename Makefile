@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test browser-deps demo test lint
+.PHONY: install install-test test-deps demo test lint
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -12,12 +12,14 @@ $(PY):
 install: $(PY)
 	$(PIP) install --quiet -e '.[lab]'
 
-install-test: $(PY) browser-deps
+install-test: $(PY) test-deps
 	$(PIP) install --quiet -e '.[lab,test]'
 
-# The browser tests drive Debian's Chromium; Playwright's own browser download cannot work here.
-browser-deps:
-	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core)
+# Debian packages the tests use: Chromium for the browser tests (Playwright's own browser
+# download cannot work here) and shellcheck for the deploy script.
+test-deps:
+	@(test -x /usr/bin/chromium && command -v shellcheck >/dev/null) || \
+		(apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core shellcheck)
 
 demo: install
 	$(VENV)/bin/drivendata demo
