@@ -156,6 +156,8 @@ def test_dry_run_of_rollback_and_teardown() -> None:
 FAKE = """#!/usr/bin/env bash
 # A stand-in for {name}: records its arguments, answers the stack's outputs.
 {{ printf '%s' {name}; printf ' %q' "$@"; printf '\\n'; }} >> "$CALLS"
+# like docker login, read the password piped in (else the writer may die of SIGPIPE)
+case "$*" in *--password-stdin*) cat > /dev/null ;; esac
 case "$*" in
   *RepositoryUri*) echo 123456789012.dkr.ecr.eu-west-1.amazonaws.com/drivendata-repo ;;
   *"'Url'"*) echo dd-abc.ecs.eu-west-1.on.aws ;;
@@ -181,9 +183,10 @@ def test_the_script_runs_what_its_dry_run_prints(tmp_path: Path) -> None:
     assert "The dashboard: https://dd-abc.ecs.eu-west-1.on.aws" in done.stdout
     ran = [TAG.sub("TAG", c) for c in calls.read_text().splitlines()]
     printed = commands(done.stderr)
-    # the login pipeline is printed as one line and runs as two commands
+    # the login pipeline is printed as one line and runs as two commands, in either order
     login = next(i for i, p in enumerate(printed) if "get-login-password" in p)
-    printed[login : login + 1] = printed[login].split(" | ")
+    printed[login : login + 1] = sorted(printed[login].split(" | "))
+    ran[login : login + 2] = sorted(ran[login : login + 2])
     assert [shlex.split(c) for c in ran] == [shlex.split(p) for p in printed]
     build = next(c for c in ran if c.startswith("docker buildx"))
     assert "123456789012.dkr.ecr.eu-west-1.amazonaws.com/drivendata-repo:TAG" in build
