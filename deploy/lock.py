@@ -20,9 +20,8 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 
-# Voilà runs the page in an IPython kernel, and no dependency in pyproject.toml brings one in
-# (JupyterLab does, in the data scientists' environment).
-IMAGE_EXTRAS = ["ipykernel>=6"]
+# Anything the image needs beyond pyproject.toml's dependencies (the kernel is one of those now).
+IMAGE_EXTRAS: list[str] = []
 
 HEADER = """\
 # The served image's dependencies, pinned (Python 3.11, linux/amd64). Written by
@@ -53,7 +52,8 @@ def resolve() -> dict[str, str]:
 def main() -> None:
     pins = resolve()
     lines = [f"{name}=={pins[name]}" for name in sorted(pins)]
-    LOCK.write_text(HEADER.format(extras=", ".join(IMAGE_EXTRAS)) + "\n".join(lines) + "\n")
+    extras = ", ".join(IMAGE_EXTRAS) or "nothing else"
+    LOCK.write_text(HEADER.format(extras=extras) + "\n".join(lines) + "\n")
     print(f"Wrote {len(lines)} pins to {LOCK.relative_to(ROOT)}.")
 
 

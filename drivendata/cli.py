@@ -75,7 +75,7 @@ def _query(**values: Any) -> Query:
 class Commands(click.Group):
     """The command group; the serving commands load Voilà only when they are asked for."""
 
-    served = {"serve": "serve_command", "demo": "demo_command"}
+    served = {"serve": "serve_command", "demo": "demo_command", "container": "container_command"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.served])
