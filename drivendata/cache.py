@@ -22,8 +22,8 @@ file (``flock``: the kernel releases it if the holder dies) for at most ``wait``
 read its entry. Entries are evicted least recently used first once their sizes pass
 ``max_bytes``. A damaged or deleted cache file is replaced by an empty one; any other failure
 of the cache is counted and the panels are computed directly, so the cache never stops a
-refresh. Entries are pickles: the directory is created readable by its owner only, and only
-this module writes to it.
+refresh. Entries are pickles: the directory is created for its owner only, and a directory
+that another user owns or may write to is not used (the panels are then computed directly).
 """
 
 from __future__ import annotations
@@ -144,8 +144,9 @@ class ResultCache:
             failures reach the caller; the cache's own never do.
         """
         try:
+            self._ensure_directory()
             key = self.key(source, q, version)
-        except Exception:  # a query the key cannot describe: compute it, uncached
+        except Exception:  # no usable directory, or a query the key cannot describe
             self.stats.errors += 1
             self.stats.last = "uncached"
             return compute()
@@ -159,7 +160,10 @@ class ResultCache:
                 # Whoever held the lock before us may have stored the results meanwhile.
                 found = self._safely(self._get, key, version)
                 if found is not None:
-                    self.stats.waited += 1
+                    if held:
+                        self.stats.waited += 1
+                    else:
+                        self.stats.hits += 1
                     self.stats.last = "waited" if held else "hit"
                     return found[0]
             value = compute()
@@ -172,14 +176,21 @@ class ResultCache:
         """Run a cache operation; on a failure of the cache itself count it and return None."""
         try:
             return action(*args)
-        except (sqlite3.Error, OSError, pickle.PicklingError):
+        except (sqlite3.Error, OSError, pickle.PicklingError, TypeError):
             self.stats.errors += 1
             return None
 
     # ------------------------------------------------------------ storage
 
-    def _connect(self) -> sqlite3.Connection:
+    def _ensure_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.directory.stat()
+        if mode.st_uid != os.geteuid() or mode.st_mode & 0o022:
+            # entries are pickles: nobody else may be able to write them
+            raise PermissionError(f"{self.directory} is writable by other users")
+
+    def _connect(self) -> sqlite3.Connection:
+        self._ensure_directory()
         conn = sqlite3.connect(self.path, timeout=max(self.wait, 5.0), isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
