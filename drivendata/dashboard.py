@@ -35,6 +35,7 @@ from drivendata.panels import (
     FIELDS,
     WINDOW_LABELS,
     WINDOWS,
+    Meter,
     Query,
     QueryError,
     compute_all,
@@ -46,8 +47,6 @@ INTERVALS: dict[str, float | None] = {"off": None, "2s": 2.0, "5s": 5.0, "15s": 
 INTERVAL_LABELS = {"off": "Off", "2s": "2 s", "5s": "5 s", "15s": "15 s", "60s": "60 s"}
 # No row newer than this while refreshing is on: the status says the data is stale.
 STALE_AFTER = timedelta(minutes=10)
-# Panel queries in flight at once for one refresh (the databases run them outside Python's lock).
-PANEL_WORKERS = 2
 # A moving window loses old rows without any new one arriving: recompute it this often anyway.
 WINDOW_RECHECK = 60.0
 # Seconds between retries after consecutive failures; the last one repeats.
@@ -68,6 +67,7 @@ class Snapshot:
     took: float
     computed: float = field(default_factory=time.monotonic)
     shared: bool = False  # read from the shared cache: another viewer computed it
+    scanned: int = 0  # bytes the source scanned for this refresh (Athena reports them)
 
 
 @dataclass
@@ -119,6 +119,13 @@ class Dashboard(widgets.VBox):
         self.refused: str | None = None
         self.failures = 0
         self.retry_in: float | None = None
+        self.paused: str | None = None  # why automatic refresh stopped (Athena's scan limit)
+        self.costs: Costs | None = None
+        if source is not None and source.kind == "athena":
+            try:
+                self.costs = Costs.from_settings()
+            except settings.SettingError as exc:  # said in the status; the defaults apply
+                self.costs, self.refused = Costs(5.0, 60.0, 10**10), str(exc)
         self._engine: sa.Engine | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drivendata")
         self._lock = threading.Lock()
@@ -318,12 +325,21 @@ class Dashboard(widgets.VBox):
                 self.retry_in = delay
                 self._render_status()
             else:
-                delay = INTERVALS[self.interval.value]
+                delay = self._interval()
             if delay is None:
                 await self._wake.wait()
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _interval(self) -> float | None:
+        """Seconds to the next automatic refresh; None while it is off or paused."""
+        delay = INTERVALS[self.interval.value]
+        if delay is None or self.paused is not None:
+            return None
+        if self.costs is not None:
+            delay = max(delay, self.costs.min_refresh)
+        return delay
 
     def _locked_work(self, key: Key, force: bool) -> Outcome:
         with self._lock:
@@ -354,9 +370,12 @@ class Dashboard(widgets.VBox):
         self.computes += 1
         engine, source = self._engine, self.source
 
+        meter = Meter()
+
         def compute() -> dict[str, Any]:
-            # the panels run two at a time, each on a connection of its own
-            return compute_all(engine, source, q, workers=PANEL_WORKERS)
+            # the panels run at once, each on a connection of its own (two on the local
+            # databases, all seven on Athena, where each waits on the service)
+            return compute_all(engine, source, q, meter=meter)
 
         shared = False
         if self.cache is None:
@@ -365,7 +384,14 @@ class Dashboard(widgets.VBox):
             results = self.cache.fetch(source, q, version, compute)
             shared = self.cache.stats.last in ("hit", "waited")
         snap = Snapshot(
-            key, q, version, results, _utcnow(), time.monotonic() - began, shared=shared
+            key,
+            q,
+            version,
+            results,
+            _utcnow(),
+            time.monotonic() - began,
+            shared=shared,
+            scanned=meter.scanned_bytes,
         )
         return Outcome(key, version, snap)
 
@@ -379,6 +405,8 @@ class Dashboard(widgets.VBox):
                 self._wake.set()
             self.snapshot = outcome.snapshot
             self._apply(outcome.snapshot)
+            if self.costs is not None:
+                self.paused = self.costs.over_limit(outcome.snapshot.scanned)
         self.grid.remove_class("dd-stale")
         self._render_status()
 
@@ -459,6 +487,8 @@ class Dashboard(widgets.VBox):
             retry_in=self.retry_in if self.error else None,
             live=INTERVALS[self.interval.value] is not None,
             now=_utcnow(),
+            costs=self.costs,
+            paused=self.paused,
         )
 
 
@@ -495,6 +525,8 @@ def status_html(
     retry_in: float | None = None,
     live: bool = True,
     now: datetime | None = None,
+    costs: Costs | None = None,
+    paused: str | None = None,
 ) -> str:
     """Return the status line: what is shown and how fresh it is, or what is wrong."""
     now = now or _utcnow()
@@ -520,6 +552,8 @@ def status_html(
             parts.append(f"highest {esc(f.label.lower())}: <b>{who}</b> ({esc(best)})")
         shared = " (shared)" if snapshot.shared else ""
         parts.append(f"refreshed {snapshot.at:%H:%M:%S} UTC in {snapshot.took:.2f} s{shared}")
+        if costs is not None:
+            parts.append(esc(costs.describe(snapshot.scanned)))
         if rows == 0:
             level = "info"
             parts.insert(1, f"No sessions in {esc(window)} yet; the panels fill in as rows arrive")
@@ -538,11 +572,53 @@ def status_html(
         elif retry_in:
             text += f" Retrying in {retry_in:.0f} s."
         parts.insert(0, text)
+    if paused is not None and error is None:
+        parts.insert(0, esc(paused))
+        level = "warn"
     if refused is not None:
         parts.insert(0, esc(refused))
         level = "error" if level == "error" else "warn"
     body = ' <span class="dd-sep">·</span> '.join(parts)
     return f'<div class="dd-status dd-{level}"><span class="dd-dot"></span>{body}</div>'
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What Athena charges for, and the limits that keep a dashboard left open cheap."""
+
+    price_per_tb: float
+    min_refresh: float
+    max_scan_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> Costs:
+        return cls(
+            price_per_tb=settings.get_float("athena_price_per_tb"),
+            min_refresh=float(settings.get_int("athena_min_refresh", minimum=0)),
+            max_scan_bytes=int(settings.get_float("athena_max_scan_gb") * 1e9),
+        )
+
+    def describe(self, scanned: int) -> str:
+        """Bytes one refresh scanned and their price, for the status line."""
+        price = scanned / 1e12 * self.price_per_tb
+        return f"scanned {_bytes(scanned)} (${price:,.4f})"
+
+    def over_limit(self, scanned: int) -> str | None:
+        """The sentence that pauses automatic refresh, when a refresh scanned too much."""
+        if scanned <= self.max_scan_bytes:
+            return None
+        return (
+            f"The last refresh scanned {_bytes(scanned)}, more than "
+            f"DRIVENDATA_ATHENA_MAX_SCAN_GB allows ({_bytes(self.max_scan_bytes)}); automatic "
+            "refresh is paused: pick a shorter window, or change a control to refresh once."
+        )
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count} B"
 
 
 def _ago(span: timedelta) -> str:

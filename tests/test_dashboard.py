@@ -295,3 +295,43 @@ def test_a_view_that_missed_an_update_is_redrawn(dashboard: Dashboard) -> None:
         "trace_edit_id": hist._last_trace_edit_id,
     }
     assert dashboard.repair_views(grace=0) == []
+
+
+def test_athena_refreshes_are_priced_limited_and_paused_when_they_scan_too_much(
+    monkeypatch: pytest.MonkeyPatch, source: Source
+) -> None:
+    """An Athena source, with refresh outcomes made of real panel results from SQLite: AWS
+    cannot be reached here, so what a refresh would have scanned is given to it."""
+    from datetime import UTC, datetime
+
+    from drivendata.dashboard import Outcome, Snapshot
+    from drivendata.panels import Query
+
+    monkeypatch.setenv("DRIVENDATA_ATHENA_MAX_SCAN_GB", "2")
+    monkeypatch.setenv("DRIVENDATA_ATHENA_MIN_REFRESH", "60")
+    athena = source_from(
+        "awsathena+rest://@athena.us-east-1.amazonaws.com:443/streaming_layer"
+        "?s3_staging_dir=s3%3A%2F%2Fresults%2F"
+    )
+    with reader(source).connect() as conn:
+        results = compute(conn, source, Query())
+    d = Dashboard(athena, autostart=False, interval="5s")
+    try:
+        assert d._interval() == 60  # the 5 s a viewer picked is raised to Athena's minimum
+
+        def refreshed(scanned: int) -> None:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            snap = Snapshot(d._key(), d.query, "1", results, now, 0.1, scanned=scanned)
+            d._succeeded(Outcome(d._key(), "1", snap))
+
+        refreshed(1_500_000_000)
+        assert "scanned 1.5 GB ($0.0075)" in d.status.value
+        assert d.paused is None and d._interval() == 60
+        refreshed(3_000_000_000)
+        assert d._interval() is None  # automatic refresh paused
+        assert "automatic refresh is paused" in d.status.value
+        assert "DRIVENDATA_ATHENA_MAX_SCAN_GB" in d.status.value
+        refreshed(1_000_000)  # a refresh a viewer asked for, under the limit, resumes it
+        assert d.paused is None and d._interval() == 60
+    finally:
+        d.close()
