@@ -155,7 +155,9 @@ def test_dry_run_of_rollback_and_teardown() -> None:
 
 FAKE = """#!/usr/bin/env bash
 # A stand-in for {name}: records its arguments, answers the stack's outputs.
-{{ printf '%s' {name}; printf ' %q' "$@"; printf '\\n'; }} >> "$CALLS"
+# one write per call: the two commands of the login pipeline run at the same time
+line="$(printf '%s' {name}; printf ' %q' "$@")"
+printf '%s\\n' "$line" >> "$CALLS"
 # like docker login, read the password piped in (else the writer may die of SIGPIPE)
 case "$*" in *--password-stdin*) cat > /dev/null ;; esac
 case "$*" in
