@@ -161,7 +161,10 @@ def test_timeline_draws_the_mean_inside_a_min_max_band() -> None:
     assert upper["y"] == [500.0, 600.0]
     assert lower["y"] == [1.0, 2.0] and lower["fill"] == "tonexty"
     assert mean["y"] == [150.5, 160.25] and mean["fill"] is None
-    assert mean["x"] == [T0, T0 + timedelta(hours=1)]
+    # milliseconds since 1970, on a date axis
+    start = int((T0 - datetime(1970, 1, 1)).total_seconds() * 1000)
+    assert mean["x"] == [start, start + 3_600_000]
+    assert fig["layout"]["xaxis"]["type"] == "date"
     assert fig["layout"]["xaxis"]["type"] == "date"
     assert fig["layout"]["yaxis"]["title"]["text"] == "Upload speed (Mbps)"
 
