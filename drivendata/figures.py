@@ -292,6 +292,8 @@ def distribution(stats: Mapping[str, Any] | None, q: Query) -> Figure:
     if not empty and stats is not None:
         parts = [f"{count:,} sessions", f"median {_format(stats['median'], f)}"]
         parts.append(f"mean {_format(stats['mean'], f)}")
+        if stats.get("approximate"):  # Athena's approx_percentile
+            parts.append("approximate quartiles")
         layout["annotations"] = [
             {
                 "text": " · ".join(parts),

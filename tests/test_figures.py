@@ -273,3 +273,15 @@ def test_uirevision_changes_only_when_the_axes_change_meaning() -> None:
     b = figures.histogram(empty_results()["histogram"], Query(window="all"))
     c = figures.histogram(numeric_results()["histogram"], Query(window="1h"))
     assert a["layout"]["uirevision"] == b["layout"]["uirevision"] != c["layout"]["uirevision"]
+
+
+def test_approximate_quartiles_are_said_on_the_panel() -> None:
+    stats = {"count": 10, "min": 1.0, "q1": 2.0, "median": 3.0, "q3": 4.0, "max": 5.0}
+    stats |= {"mean": 3.0, "approximate": True}
+    fig = figures.distribution(stats, Query())
+    assert "approximate quartiles" in fig["layout"]["annotations"][0]["text"]
+    del stats["approximate"]
+    assert (
+        "approximate"
+        not in figures.distribution(stats, Query())["layout"]["annotations"][0]["text"]
+    )
