@@ -190,7 +190,7 @@ def timeline(frame: pd.DataFrame | None, q: Query) -> Figure:
     empty = frame is None or frame.empty
     # Bucket starts as milliseconds since 1970 (a date axis reads them as times): eight bytes
     # shorter than ISO text, and each is sent three times, once per trace.
-    at = [_epoch_ms(v) for v in _col(frame, "bucket")]
+    at = [round(_epoch_ms(v)) for v in _col(frame, "bucket")]
     band = not f.is_time
     lo = _compact(_col(frame, "min")) if band else []
     hi = _compact(_col(frame, "max")) if band else []
@@ -449,10 +449,6 @@ def _col(frame: pd.DataFrame | None, name: str) -> list[Any]:
     if frame is None or frame.empty or name not in frame.columns:
         return []
     return _values(frame[name])
-
-
-def _epoch_ms(moment: Any) -> int:
-    return round((pd.Timestamp(moment) - pd.Timestamp(0)).total_seconds() * 1000)
 
 
 def _compact(values: list[Any]) -> list[Any]:
