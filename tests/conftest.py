@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,16 @@ def load(source: Source, rows: list[Row]) -> None:
             insert(conn, source, rows)
     finally:
         engine.dispose()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a server a test started: politely, then firmly."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def postgres_available() -> None:

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from drivendata import stream
 from drivendata.database import Source, reader, source_from, table_sql, writer
 from drivendata.panels import Query, compute
+from tests.conftest import stop
 
 pytestmark = pytest.mark.browser
 
@@ -166,12 +167,7 @@ def voila_server(tmp: Path, db_url: str, **settings: str) -> Iterator[str]:
         wait_for(ready, 60, "the server to answer /healthz")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if os.environ.get("DRIVENDATA_SHOW_SERVER_LOG"):
             print(log_path.read_text())
 

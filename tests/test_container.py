@@ -31,6 +31,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.conftest import stop
 from tests.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -245,12 +246,7 @@ class Replay:
         try:
             yield proc, log_path
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 # ---------------------------------------------------------------- fast checks
