@@ -231,7 +231,10 @@ def test_while_rows_stream_in_every_answer_is_at_least_as_new_as_asked(
         served = results["summary"]["version"]
         assert all(s >= a for s, a in zip(components(served), components(asked), strict=True))
     computed = sum(a[1] == "computed" for a in answers)
-    assert computed <= len({a[0] for a in answers})  # at most one computation per version
+    # At most one computation per version and time slot: in these 3 s at most one slot boundary
+    # (DRIVENDATA_CACHE_SLOT, 60 s) can pass, and a version seen on both sides of it is
+    # computed once in each slot.
+    assert computed <= len({a[0] for a in answers}) + 1
 
 
 # ---------------------------------------------------------------- in one process
