@@ -218,10 +218,6 @@ def writer(source: Source) -> Engine:
     )
 
 
-def quote(source: Source, name: str) -> str:
-    return '"' + name + '"' if source.kind != "athena" else name
-
-
 def table_sql(source: Source) -> str:
     """The table's name as it goes into SQL, each part checked by :func:`parse_table`."""
     t = source.table
