@@ -262,8 +262,8 @@ class Stream:
                 break
             wait = 0.05 if self.rate >= 20 else min(0.5, 1 / self.rate)
             self.stop_event.wait(wait)
-        if self.buffer:
-            self._flush()
+        while self.buffer and self._flush():  # every kept row, 10,000 at a time
+            pass
         if self._engine is not None:
             self._engine.dispose()
         return self.written
