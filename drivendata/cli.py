@@ -148,7 +148,9 @@ def stream(
     except KeyboardInterrupt:
         streamer.stop()
         written = streamer.written
-    click.echo(f"Wrote {written:,} rows; {len(streamer.buffer):,} left unwritten.")
+    click.echo(
+        f"Made {streamer.made:,} rows, wrote {written:,}; {len(streamer.buffer):,} left unwritten."
+    )
 
 
 @main.command()

@@ -136,9 +136,9 @@ def _hide(text: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
 
 
-def _sqlite_connect(source: Source, *, read_only: bool) -> sqlite3.Connection:
+def _sqlite_connect(source: Source, *, read_only: bool, create: bool = True) -> sqlite3.Connection:
     path = source.sqlite_path.resolve()
-    mode = "ro" if read_only else "rwc"
+    mode = "ro" if read_only else "rwc" if create else "rw"
     uri = f"file:{path.as_posix()}?mode={mode}"
     # A reader waits out a checkpoint; the writer gives up sooner and keeps its rows to retry.
     timeout = 30 if read_only else 5
@@ -162,13 +162,15 @@ def reader(source: Source, **kwargs: Any) -> Engine:
     ``default_transaction_read_only``."""
     if source.kind == "sqlite":
         ensure_store(source)
-        return sa.create_engine(
+        engine = sa.create_engine(
             "sqlite://",
             creator=lambda: _sqlite_connect(source, read_only=True),
             poolclass=QueuePool,
             pool_size=4,
             **kwargs,
         )
+        _follow_store(engine, source.sqlite_path)
+        return engine
     if source.kind == "postgresql":
         return sa.create_engine(
             source.url,
@@ -186,6 +188,33 @@ def reader(source: Source, **kwargs: Any) -> Engine:
     )
 
 
+def _follow_store(engine: Engine, path: Path) -> None:
+    """Drop pooled connections to a store file that was moved, deleted or replaced.
+
+    An open SQLite handle keeps reading the file it opened even after that file left the path:
+    without this check a dashboard would show a moved store's rows as if nothing happened, and
+    never see a store put in its place.
+    """
+
+    def identity() -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def on_connect(dbapi_conn: Any, record: Any) -> None:
+        record.info["store"] = identity()
+
+    def on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if record.info.get("store") != identity():
+            # reconnecting opens the file now at the path, or fails with "unable to open"
+            raise sa.exc.InvalidatePoolError(f"{path} is no longer the file this connection read")
+
+    sa.event.listen(engine, "connect", on_connect)
+    sa.event.listen(engine, "checkout", on_checkout)
+
+
 def athena_connect_args(source: Source) -> dict[str, Any]:
     """PyAthena options the URL leaves unset: result reuse on by default, to cut scans."""
     minutes = settings.get_int("athena_result_reuse_minutes", minimum=0)
@@ -201,11 +230,18 @@ def writer(source: Source) -> Engine:
     """Return an engine for the stream generator, the only part that ever writes."""
     if source.kind == "sqlite":
         source.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(
-            "sqlite://",
-            creator=lambda: _sqlite_connect(source, read_only=False),
-            poolclass=NullPool,
-        )
+        opened = False
+
+        def connect() -> sqlite3.Connection:
+            # Only the first connection may create the store: one that is moved or deleted
+            # later must not be replaced by an empty file (whose opening would also take over
+            # the old file's WAL, still used by its readers); the write fails and is retried.
+            nonlocal opened
+            conn = _sqlite_connect(source, read_only=False, create=not opened)
+            opened = True
+            return conn
+
+        return sa.create_engine("sqlite://", creator=connect, poolclass=NullPool)
     if source.kind == "postgresql":
         return sa.create_engine(
             source.url,
@@ -294,6 +330,11 @@ def explain(exc: BaseException, source: Source) -> str:
     where = source.display
     table = str(source.table)
     if source.kind == "sqlite":
+        if ("unable to open" in low or "no such file" in low) and not source.sqlite_path.exists():
+            return (
+                f"The SQLite store {source.sqlite_path} cannot be opened because it is missing "
+                "(moved or deleted); put it back, or run `drivendata seed` to create a new one."
+            )
         if "unable to open" in low or "no such file" in low:
             return (
                 f"The SQLite store {source.sqlite_path} cannot be opened; check that the path "

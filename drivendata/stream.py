@@ -284,14 +284,19 @@ class Stream:
             self._unsure = True
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
+                kept = len(self.buffer)
+                why = explain(exc, self.source)
+                if why.startswith("The "):
+                    why = "the " + why[4:]
                 self.say(
-                    f"Cannot write to the database: {explain(exc, self.source)} "
-                    f"Keeping {len(self.buffer):,} unwritten rows until it is back."
+                    f"Cannot write to the database (keeping {kept:,} unwritten "
+                    f"row{'' if kept == 1 else 's'} until it is back): {why}"
                 )
             return False
         for _ in taken:
             self.buffer.popleft()
-        self.written += len(batch)
+        # rows that an uncertain commit did write count too: all of ``taken`` is in the table
+        self.written += len(taken)
         self._unsure = False
         if self._outage_since is not None:
             gone = time.monotonic() - self._outage_since
