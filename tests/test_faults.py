@@ -137,6 +137,7 @@ def assert_nothing_lost_or_doubled(streamer: Streamer, d: Dashboard) -> None:
     ids = stored_ids(streamer.source)
     assert left == 0 and written == made, streamer.report()
     assert len(ids) == len(set(ids)) == made  # nothing twice, nothing missing
+    assert made <= len(seeded_ids())  # so that the next line compares all of them
     assert set(ids) == set(seeded_ids()[:made])  # and exactly the rows it made
     # the dashboard, refreshed once more, shows exactly the table
     assert d.refresh_now()
