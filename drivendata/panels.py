@@ -118,11 +118,11 @@ class Query:
     def __post_init__(self) -> None:
         for name in ("field", "versus"):
             value = getattr(self, name)
-            if value not in FIELDS:
+            if not isinstance(value, str) or value not in FIELDS:
                 raise QueryError(
                     f"{value!r} is not a field the panels know; pick one of {', '.join(FIELDS)}."
                 )
-        if self.window not in WINDOWS:
+        if not isinstance(self.window, str) or self.window not in WINDOWS:
             raise QueryError(
                 f"{self.window!r} is not a time window; pick one of {', '.join(WINDOWS)}."
             )
@@ -233,7 +233,8 @@ LIMIT {TOP}"""
 
     def quartiles_sql(self, value: str, where: str) -> str:
         # Count each distinct value once through the index, then find the quartiles' ranks
-        # in the running totals: one pass, no sort.
+        # in the running totals: one pass, no sort. The mean sums REALs: SQLite's SUM() of
+        # integers fails with "integer overflow" past 64 bits.
         picks = ",\n  ".join(
             f"(SELECT MIN(v) FROM c WHERE upto > CAST((n - 1) * {p} AS INTEGER) + {k})"
             f" AS {name}_{'hi' if k else 'lo'}"
@@ -244,7 +245,7 @@ LIMIT {TOP}"""
   SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
 c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
 s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
-  SUM({{number_v}} * c) * 1.0 / SUM(c) AS mean FROM g)
+  SUM(CAST({{number_v}} AS REAL) * c) / SUM(c) AS mean FROM g)
 SELECT n, min, max, mean,
   {picks}
 FROM s"""
@@ -284,7 +285,8 @@ ORDER BY 1"""
 
     def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
         # Whole numbers: bin i holds x where i <= (x - lo) * bins / (hi - lo) < i + 1, exactly.
-        index = f"((CAST({value} AS BIGINT) - r.lo) * {bins}) / (r.hi - r.lo)"
+        # (hi - lo of an INT column can overflow INT: the difference is taken as BIGINT)
+        index = f"((CAST({value} AS BIGINT) - r.lo) * {bins}) / (CAST(r.hi AS BIGINT) - r.lo)"
         return self.histogram_by_expression(value, index, where, bins)
 
     def summary_sql(self, b: Builder) -> str:
@@ -528,7 +530,7 @@ SELECT '{UNKNOWN_AGE}', (SELECT COUNT(DISTINCT user_name) FROM {self.table}
         return f"""SELECT rows,
   (SELECT COUNT(DISTINCT user_name) FROM {self.table}
    WHERE {b.where("user_name > ''")}) AS users,
-  (SELECT MAX({at}) FROM {self.table} WHERE {ok_at}) AS newest,
+  (SELECT MAX({at}) FROM {self.table} WHERE {b.where(ok_at)}) AS newest,
   (SELECT COUNT(*) FROM {self.table} WHERE {ok_at} AND {at} >= :recent) AS last_5_minutes,
   {columns}
 FROM (SELECT COUNT(*) AS rows FROM {self.table} WHERE {b.where()}) AS w"""
@@ -549,7 +551,7 @@ class PostgresDialect(Dialect):
             f" AND {col} COLLATE \"C\" ~ '^[-0-9: .]+$'"
             f" AND {col} NOT LIKE '%-%-%-%' AND {col} NOT LIKE '%:%:%:%'"
             f" AND {col} NOT LIKE '% % %' AND {col} NOT LIKE '%.%.%'"
-            f" AND ({col} LIKE '___________________.%' OR {col} NOT LIKE '%.%')"
+            f" AND ({col} LIKE '___________________.%' OR length({col}) = 19)"
             f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
             f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
             f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
@@ -1115,7 +1117,7 @@ def run(
 
     :param meter: adds up the queries sent and the bytes the source scanned for them.
     """
-    if name not in PANELS:
+    if not isinstance(name, str) or name not in PANELS:
         raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
     panel = PANELS[name]
     stmt = panel.build(Builder(dialect_for(source), q))

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drivendata.database import COLUMN_NAMES
+from drivendata.database import COLUMN_NAMES, COLUMNS
 
+# ASCII digits only: \d alone would also take other scripts' digits, which no database check does
 TS = re.compile(
-    r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) ([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+    r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) ([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?",
+    re.ASCII,
 )
-DAY = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])")
+DAY = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", re.ASCII)
 WINDOWS = {"15m": 15 * 60, "1h": 3600, "24h": 86400, "7d": 7 * 86400, "all": None}
 STEPS = [(19, 1), (18, 10), (16, 60), (15, 600), (13, 3600), (10, 86400), (7, 31 * 86400)]
 GROUPS = [("under 18", 0, 18), ("18-24", 18, 25), ("25-34", 25, 35), ("35-44", 35, 45)]
@@ -32,10 +34,15 @@ def parse(s: str) -> datetime:
 class Oracle:
     def __init__(self, rows: list[tuple[Any, ...]], now: datetime, window: str) -> None:
         frame = pd.DataFrame(rows, columns=list(COLUMN_NAMES))
+        for i, (name, kind) in enumerate(COLUMNS):
+            if kind in ("INT", "BIGINT"):  # as Python ints: exact to 64 bits, NULL as None
+                frame[name] = pd.Series([row[i] for row in rows], index=frame.index, dtype=object)
         self.now = now
         now_text = text(now)
-        frame["at_ok"] = frame["accessed_at"].map(
-            lambda s: isinstance(s, str) and bool(TS.fullmatch(s)) and s <= now_text
+        frame["at_ok"] = (
+            frame["accessed_at"]
+            .map(lambda s: isinstance(s, str) and bool(TS.fullmatch(s)) and s <= now_text)
+            .astype(bool)
         )
         span = WINDOWS[window]
         if span is not None:
@@ -67,7 +74,7 @@ class Oracle:
         return rows[:10]
 
     def top_people(self, field: str) -> list[tuple[str, Any]]:
-        f = self.frame[self.ok(field) & self.frame["person_name"].map(bool_text)]
+        f = self.frame[self.ok(field) & texts(self.frame["person_name"])]
         best = f.groupby("person_name")[field].max()
         ranked = sorted(best.items(), key=lambda kv: (_desc(kv[1]), kv[0]))
         return ranked[:10]
@@ -128,7 +135,7 @@ class Oracle:
 
     def age_groups(self) -> dict[str, int]:
         today = self.now.date()
-        f = self.frame[self.frame["user_name"].map(bool_text)]
+        f = self.frame[texts(self.frame["user_name"])]
         born: dict[str, date | None] = {}
         for user, value in zip(f["user_name"], f["birth_date"], strict=True):
             day = None
@@ -153,8 +160,8 @@ class Oracle:
 
     def summary(self, field: str, versus: str) -> dict[str, Any]:
         f = self.frame
-        person = f["person_name"].map(bool_text)
-        user = f["user_name"].map(bool_text)
+        person = texts(f["person_name"])
+        user = texts(f["user_name"])
         ok_at = f["at_ok"]
         recent = text(self.now - timedelta(minutes=5))
         return {
@@ -175,6 +182,11 @@ class Oracle:
 
 def bool_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
+
+
+def texts(column: pd.Series) -> pd.Series:
+    """Which values are non-empty text, as booleans even when the column is empty."""
+    return column.map(bool_text).astype(bool)
 
 
 class _desc:  # noqa: N801 - a sort key that reverses the order of any comparable value
