@@ -127,7 +127,7 @@ class ResultCache:
             "source": source.display,
             "table": str(source.table),
             "version": version,
-            "query": [q.field, q.versus, q.window, q.buckets, q.bins],
+            "query": [q.field, q.versus, q.window, q.buckets, q.bins, q.people],
             "slot": [self.slot, slot],
             "sql": {name: s.literal() for name, s in statements(source, fixed).items()},
         }

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from drivendata import settings
 from drivendata.database import Source, SourceError, explain, reader, source_from
 from drivendata.panels import FIELDS, WINDOWS, Query, QueryError, compute, statements
+from drivendata.people import PEOPLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,6 +160,11 @@ def stream(
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+@click.option(
+    "--people",
+    type=click.Choice(list(PEOPLE)),
+    help="Show people by name, initials or pseudonyms (default: DRIVENDATA_PEOPLE).",
+)
 def panels(
     url: str | None,
     table: str | None,
@@ -166,13 +172,14 @@ def panels(
     versus: str,
     window: str | None,
     fmt: str,
+    people: str | None,
 ) -> None:
     """Print every panel for a field and window, computed in the database.
 
     Example: drivendata panels --field session_duration --window 24h --format json
     """
     source = _source(url, table)
-    q = _query(field=field, versus=versus, window=window)
+    q = _query(field=field, versus=versus, window=window, people=people)
     try:
         engine = reader(source)
         with engine.connect() as conn:

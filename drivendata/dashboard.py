@@ -112,7 +112,7 @@ class Dashboard(widgets.VBox):
         self.problem = problem
         self.cache = cache
         q = query or Query()
-        self.buckets, self.bins = q.buckets, q.bins
+        self.buckets, self.bins, self.people = q.buckets, q.bins, q.people
         self.computes = 0  # panel computations run, for tests and benchmarks
         self.snapshot: Snapshot | None = None
         self.error: str | None = None
@@ -212,6 +212,7 @@ class Dashboard(widgets.VBox):
             window=self.window.value,
             buckets=self.buckets,
             bins=self.bins,
+            people=self.people,
         )
 
     def _key(self) -> Key:
@@ -365,7 +366,12 @@ class Dashboard(widgets.VBox):
             if unchanged and not force:
                 return Outcome(key, version, None)
             q = Query(
-                field=key[0], versus=key[1], window=key[2], buckets=self.buckets, bins=self.bins
+                field=key[0],
+                versus=key[1],
+                window=key[2],
+                buckets=self.buckets,
+                bins=self.bins,
+                people=self.people,
             )
         self.computes += 1
         engine, source = self._engine, self.source

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from drivendata import settings
 from drivendata.database import Source, SourceError, table_sql
+from drivendata.people import PEOPLE, shower
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Query:
     now: datetime = dataclasses.field(default_factory=_utcnow)
     buckets: int = 1000
     bins: int = 30
+    people: str = "names"
 
     def __post_init__(self) -> None:
         for name in ("field", "versus"):
@@ -132,6 +134,10 @@ class Query:
             raise QueryError("The histogram needs between 1 and 1000 bins.")
         if not isinstance(self.now, datetime):
             raise QueryError("The time the panels are computed at must be a datetime.")
+        if not isinstance(self.people, str) or self.people not in PEOPLE:
+            raise QueryError(
+                f"{self.people!r} is not a way of showing people; pick one of {', '.join(PEOPLE)}."
+            )
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Query:
@@ -141,6 +147,7 @@ class Query:
             "window": settings.get("window"),
             "buckets": settings.get_int("timeline_buckets", minimum=2),
             "bins": settings.get_int("histogram_bins"),
+            "people": settings.get("people"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -944,12 +951,14 @@ def shape_top_traffic(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
         out = out.loc[:, ~out.columns.duplicated()]
     for name in {q.field, q.versus}:
         _field_values(out, name, name)
+    out["person_name"] = out["person_name"].map(shower(q.people))
     return out.reset_index(drop=True)
 
 
 def shape_top_people(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     out = rows.copy()
     _field_values(out, "value", q.field)
+    out["person_name"] = out["person_name"].map(shower(q.people))
     return out.reset_index(drop=True)
 
 

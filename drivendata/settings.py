@@ -45,6 +45,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeline_buckets", "1000", "Most time buckets the timeline panel returns."),
     Setting("histogram_bins", "30", "Equal-width bins of the histogram panel."),
     Setting(
+        "people",
+        "names",
+        "How the panels show people: names, initials (A. P.), or pseudonyms (Person K7Q2MXA4, "
+        "the same for a person everywhere) for audiences that must not see who is who.",
+    ),
+    Setting(
+        "pseudonym_key",
+        "",
+        "Secret that makes pseudonyms impossible to tell back from likely names; empty: a "
+        "random key made once and kept in the cache directory.",
+    ),
+    Setting(
         "stream_rate",
         "0.5",
         "Rows per second that `drivendata stream` inserts (fractions allowed).",
