@@ -14,6 +14,14 @@ configured by hand:
 - ``/healthz``, which answers with JSON and starts no kernel;
 - the page's two FontAwesome stylesheet links to a CDN are dropped, so that the page asks
   nothing of the internet (the dashboard uses no icon font);
+- a small script in the page watches its kernel: when the kernel is gone (killed, or shut down
+  after the page lost its connection) or the server cannot be reached, the page says so in one
+  sentence and offers a reload, instead of showing panels that silently stopped updating; a
+  kernel that dies is not restarted (a fresh kernel would not run the notebook, so the page
+  would stay frozen) but removed, which also frees its place under the cap;
+- requests whose path climbs out of a folder (``..`` in any encoding), or holds a backslash
+  or a NUL byte, are refused before any handler sees them, and malformed template paths and
+  ``/logout`` answer plainly instead of failing with a server error;
 - access: off loopback, a viewer needs a shared token (jupyter_server's identity provider, as
   Voilà sets it up: ``/?token=...`` once, or the login page), unless the operator turns that
   off on purpose with DRIVENDATA_OPEN_ACCESS=1.
@@ -22,6 +30,7 @@ configured by hand:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import os
@@ -33,19 +42,27 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import uuid
 import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import tornado.httputil
+import tornado.routing
 import tornado.web
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import FileFindHandler, JupyterHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float, Integer
 from traitlets.config import Config
 from voila.app import Voila
+from voila.static_file_handler import TemplateStaticFileHandler
 from voila.tornado.handler import TornadoVoilaHandler
 
 # Defaults of the serving settings; each can be set with DRIVENDATA_<NAME>.
@@ -84,6 +101,70 @@ import plotly.basewidget
 
 plotly.basewidget.BaseFigureWidget._esm = os.environ["DRIVENDATA_WIDGET_ESM"]
 """
+
+# Put before the page's </body>: ask every few seconds whether the page's kernel still exists
+# (a cheap call that starts nothing) and, once it does not or the server stops answering, say
+# so above the panels with a reload button. Text is set as text, never as HTML.
+KERNEL_GONE = (
+    "The dashboard stopped on the server, so these panels no longer update; reload the page "
+    "to start it again."
+)
+SERVER_GONE = (
+    "The dashboard server cannot be reached, so these panels no longer update; reload the page "
+    "once it is back."
+)
+KERNEL_WATCH = """<style>
+#dd-gone { position: sticky; top: 0; z-index: 10000; display: flex;
+  align-items: center; justify-content: center; gap: 16px; padding: 14px 20px;
+  background: #fdecec; color: #8a1c1c; border-bottom: 1px solid #f5c6c6;
+  font: 15px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  box-shadow: 0 2px 10px rgba(15, 23, 42, 0.15); }
+#dd-gone button { font: inherit; font-weight: 600; padding: 6px 16px; border-radius: 8px;
+  border: 1px solid #8a1c1c; background: #fff; color: #8a1c1c; cursor: pointer; }
+body.dd-gone .dd-dashboard { opacity: 0.45; pointer-events: none; }
+</style>
+<script>
+(() => {
+  const config = document.getElementById("jupyter-config-data");
+  const kernel = config && JSON.parse(config.textContent).kernelId;
+  if (!kernel) return;
+  const base = JSON.parse(config.textContent).baseUrl || "/";
+  const url = new URL(base + "api/kernels/" + kernel, window.location.href);
+  const say = (sentence) => {
+    const box = document.createElement("div");
+    box.id = "dd-gone";
+    box.setAttribute("role", "alert");
+    const text = document.createElement("span");
+    text.textContent = sentence;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Reload the page";
+    button.addEventListener("click", () => window.location.reload());
+    box.append(text, button);
+    document.body.prepend(box);
+    document.body.classList.add("dd-gone");
+  };
+  let misses = 0;
+  const check = async () => {
+    let status = 0;
+    try {
+      const reply = await fetch(url, {cache: "no-store", credentials: "same-origin"});
+      status = reply.status;
+    } catch (err) {
+      status = 0;
+    }
+    if (status === 404) return say(GONE_TEXT);
+    misses = status === 0 || status >= 500 ? misses + 1 : 0;
+    if (misses >= 2) return say(AWAY_TEXT);
+    window.setTimeout(check, EVERY_MS);
+  };
+  window.setTimeout(check, EVERY_MS);
+})();
+</script>
+""".replace("GONE_TEXT", json.dumps(KERNEL_GONE))
+KERNEL_WATCH = KERNEL_WATCH.replace("AWAY_TEXT", json.dumps(SERVER_GONE)).replace(
+    "EVERY_MS", "3000"
+)
 
 CAPACITY_PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -141,6 +222,18 @@ def _number(name: str, default: float, *, minimum: float) -> float:
     return value
 
 
+@dataclass(eq=False)
+class Admission:
+    """A page request let past the cap; ``kernel_id`` once it has its kernel."""
+
+    kernel_id: str | None = None
+
+
+_ADMISSION: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "drivendata_admission", default=None
+)
+
+
 class DashboardKernelManager(AsyncMappingKernelManager):
     """Shut down a kernel once no WebSocket has been open to it for ``drop_timeout`` seconds.
 
@@ -159,23 +252,34 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         super().__init__(**kwargs)
         self._alone_since: dict[str, float] = {}
         self._rendering: set[str] = set()
-        self._cold_starts = 0
+        # Pages let past the cap that have no kernel yet; kernels started for Voilà's pool and
+        # not yet handed to a page; viewers' kernels still starting (not yet listed).
+        self._admissions: set[Admission] = set()
+        self._pool_ids: set[str] = set()
+        self._starting: set[str] = set()
         self._checker: PeriodicCallback | None = None
 
     async def start_kernel(self, **kwargs: Any) -> str:  # type: ignore[override]
         self._start_checker()
         env = kwargs.get("env") or {}
-        cold = env.get("VOILA_PREHEAT") != "True"
-        if cold:
-            self._cold_starts += 1
+        kernel_id = kwargs.setdefault("kernel_id", str(uuid.uuid4()))
+        pooled = env.get("VOILA_PREHEAT") == "True"
+        if pooled:
+            self._pool_ids.add(kernel_id)
+        else:
+            # a page's own kernel: from now on it counts as a kernel, not as an admission
+            self._starting.add(kernel_id)
+            self.settle(_ADMISSION.get(), kernel_id)
         try:
-            kernel_id: str = await super().start_kernel(**kwargs)
+            started: str = await super().start_kernel(**kwargs)
+        except BaseException:
+            self._pool_ids.discard(kernel_id)
+            raise
         finally:
-            if cold:
-                self._cold_starts -= 1
-        if cold:
-            self._rendering.add(kernel_id)
-        return kernel_id
+            self._starting.discard(kernel_id)
+        if not pooled:
+            self._rendering.add(started)
+        return started
 
     def _start_checker(self) -> None:
         if self._checker is None:
@@ -200,16 +304,38 @@ class DashboardKernelManager(AsyncMappingKernelManager):
                     ids.add(task.result()["kernel_id"])
         return ids
 
-    def pool_starting(self) -> int:
-        return sum(
-            1 for pool in getattr(self, "_pools", {}).values() for task in pool if not task.done()
-        )
+    def admit(self) -> Admission:
+        """Count a page let past the cap until it has a kernel (or its request ends).
+
+        Called in the same step of the event loop as the cap check, so that pages asked for
+        at the same moment cannot all pass it before any of them has a kernel. The admission
+        follows the request's task (a context variable) into :meth:`start_kernel`.
+        """
+        admission = Admission()
+        self._admissions.add(admission)
+        _ADMISSION.set(admission)
+        return admission
+
+    def settle(self, admission: Admission | None, kernel_id: str | None) -> None:
+        """End an admission: its page has this kernel now, or none (``None``) at all.
+
+        A kernel from the pool counts as a viewer's from here on.
+        """
+        if admission is None or admission not in self._admissions:
+            return
+        self._admissions.discard(admission)
+        if kernel_id is not None:
+            admission.kernel_id = kernel_id
+            self._pool_ids.discard(kernel_id)
 
     def viewer_count(self) -> int:
-        """Return how many kernels serve viewers, or are starting for one."""
-        ids = set(self.list_kernel_ids()) - self.pooled_kernel_ids()
-        # a pool kernel that is still starting is listed but not yet known to be pooled
-        return max(len(ids) - self.pool_starting(), 0) + self._cold_starts
+        """Return how many kernels serve viewers, or are being readied for one."""
+        kernels = set(self._kernels) | self._starting
+        return len(self._admissions) + len(kernels - self._pool_ids)
+
+    def remove_kernel(self, kernel_id: str) -> Any:
+        self._pool_ids.discard(kernel_id)
+        return super().remove_kernel(kernel_id)
 
     async def drop_abandoned(self) -> None:
         """Shut down every viewer's kernel that has had no open WebSocket for too long."""
@@ -252,6 +378,7 @@ class PageHandler(TornadoVoilaHandler):
     """Voilà's page, behind the kernel cap, with an XSRF cookie and no CDN stylesheets."""
 
     kernel_id: str | None = None
+    admission: Admission | None = None
 
     @tornado.web.authenticated
     async def get(self, path: str | None = None) -> None:
@@ -267,6 +394,8 @@ class PageHandler(TornadoVoilaHandler):
                 self.set_header("Content-Type", "text/html; charset=UTF-8")
                 self.finish(CAPACITY_PAGE.format(retry=15))
                 return
+            # no await since the check: no other page can slip in between
+            self.admission = manager.admit()
             # The page posts to /voila/api/shutdown/<kernel> when closed; without this cookie
             # that call is refused and the kernel waits for the culler.
             self.xsrf_token  # noqa: B018
@@ -280,9 +409,12 @@ class PageHandler(TornadoVoilaHandler):
             if self.kernel_id is None and (found := _KERNEL_ID.search(chunk)):
                 self.kernel_id = found.group(1)
                 self.kernel_manager.rendering(self.kernel_id)
+                self.kernel_manager.settle(self.admission, self.kernel_id)
             if "cdn.jsdelivr.net" in chunk:
                 for link in CDN_LINKS:
                     chunk = chunk.replace(link, "")
+            if self.kernel_id is not None and "</body>" in chunk:
+                chunk = chunk.replace("</body>", KERNEL_WATCH + "</body>", 1)
         super().write(chunk)
 
     def on_connection_close(self) -> None:
@@ -290,8 +422,77 @@ class PageHandler(TornadoVoilaHandler):
         super().on_connection_close()
 
     def _page_done(self) -> None:
-        if self.kernel_id is not None:
-            self.kernel_manager.rendered(self.kernel_id)
+        self.kernel_manager.settle(self.admission, None)
+        # a kernel started for this page that the page never named is left to the culler too
+        kernel_id = self.kernel_id or (self.admission.kernel_id if self.admission else None)
+        if kernel_id is not None:
+            self.kernel_manager.rendered(kernel_id)
+
+
+class TemplateFileHandler(TemplateStaticFileHandler):
+    """Voilà's template files, answering 404 to a path that names no file (Voilà fails)."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        parts = url_path.split("/", 2)
+        if len(parts) < 3 or parts[1] != "static" or not parts[2].strip("/"):
+            raise tornado.web.HTTPError(404)
+        return str(super().parse_url_path(url_path))
+
+
+class PlainErrors(tornado.web.RequestHandler):
+    """Answer errors with tornado's one-line page."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        tornado.web.RequestHandler.write_error(self, status_code)
+
+
+class LogoutHandler(JupyterHandler):
+    """Forget the login cookie and say so (jupyter_server's page fails under Voilà)."""
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        self.identity_provider.clear_login_cookie(self)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{TITLE}: signed out</title></head><body>"
+            '<p>You are signed out. <a href="./">Open the dashboard again</a>.</p></body></html>'
+        )
+
+
+def unsafe_path(path: str) -> bool:
+    """Return whether a request path climbs out of its folder or holds a backslash or NUL.
+
+    The path is decoded up to three times, so ``%2e%2e``, ``%252e%252e`` and the like count.
+    """
+    for _ in range(4):
+        if "\\" in path or "\x00" in path:
+            return True
+        if ".." in path.split("/"):
+            return True
+        decoded = urllib.parse.unquote(path, errors="strict")
+        if decoded == path:
+            return False
+        path = decoded
+    return True  # still encoded after three decodings: nothing here needs that
+
+
+class UnsafePath(tornado.routing.Matcher):
+    """Match the requests :func:`unsafe_path` refuses."""
+
+    def match(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        try:
+            return {} if unsafe_path(request.path) else None
+        except UnicodeDecodeError:
+            return {}
+
+
+class RefusedHandler(tornado.web.RequestHandler):
+    """Answer 404 to any method: the path is refused before a handler sees it."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
 
 
 class BundleHandler(tornado.web.StaticFileHandler):
@@ -344,11 +545,23 @@ class DashboardVoila(Voila):
 
     def init_handlers(self) -> list[Any]:
         handlers = []
+        replaced = {
+            TornadoVoilaHandler: PageHandler,
+            TemplateStaticFileHandler: TemplateFileHandler,
+        }
         for spec in super().init_handlers():
-            if len(spec) > 1 and spec[1] is TornadoVoilaHandler:
-                spec = (spec[0], PageHandler, *spec[2:])
+            if len(spec) > 1 and spec[1] in replaced:
+                spec = (spec[0], replaced[spec[1]], *spec[2:])
+            elif len(spec) > 1 and str(spec[0]).endswith("/logout"):
+                spec = (spec[0], LogoutHandler, *spec[2:])
+            elif len(spec) > 1 and issubclass(spec[1], FileFindHandler):
+                # labextensions and themes: their error page would use jupyter_server's
+                # template, which fails under Voilà
+                plain = type(f"Plain{spec[1].__name__}", (PlainErrors, spec[1]), {})
+                spec = (spec[0], plain, *spec[2:])
             handlers.append(spec)
         return [
+            (UnsafePath(), RefusedHandler),
             (r"/healthz", HealthHandler),
             (
                 r"/drivendata/static/(widgetbundle\.js)",
@@ -453,6 +666,9 @@ def voila_config(
     vc.multi_kernel_manager_class = DashboardKernelManager
     vc.preheat_kernel = preheat > 0
     vc.default_pool_size = max(preheat, 0)
+    # A restarted kernel would not run the notebook: the page would stay frozen on a blank
+    # kernel. With no restart, a dead kernel is removed and the page's watch says so.
+    c.KernelRestarter.restart_limit = 0
     c.DashboardKernelManager.drop_timeout = drop_timeout
     c.DashboardKernelManager.check_interval = min(2.0, max(drop_timeout / 4, 0.5))
     return c
