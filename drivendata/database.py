@@ -7,6 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -71,6 +72,9 @@ class Source:
     url: URL
     table: TableName
 
+    def __repr__(self) -> str:  # URL's own repr shows secrets passed as query parameters
+        return f"Source({self.display!r}, {str(self.table)!r})"
+
     @property
     def kind(self) -> str:
         backend = self.url.get_backend_name()
@@ -123,6 +127,11 @@ def source_from(url: str | None = None, table: str | None = None) -> Source:
     backend, _, driver = parsed.drivername.partition("+")
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.host and "@" in parsed.host:
+        raise SourceError(
+            f"The database URL {_hide(text)!r} has an '@' in its user name or password; "
+            "write it there as %40."
+        )
     source = Source(parsed, parse_table(table or settings.get("table")))
     source.kind  # noqa: B018 - raises the clear error for an unknown backend now
     if source.kind == "sqlite" and source.url.database in (None, "", ":memory:"):
@@ -133,7 +142,30 @@ def source_from(url: str | None = None, table: str | None = None) -> Source:
 
 
 def _hide(text: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+    """A URL that could not be parsed, with anything that may be a secret masked."""
+    # up to the last "@": a password may hold an unencoded "@" of its own
+    text = re.sub(r"(://[^:/@]*:).*@", r"\1***@", text)
+    keys = "|".join(sorted(_SECRET_PARAMS))
+    return re.sub(rf"(?i)([?&](?:{keys})=)[^&#]*", r"\1***", text)
+
+
+def _secrets(source: Source) -> list[str]:
+    """The secrets a source's URL holds, as written and percent-encoded, longest first."""
+    url = source.url
+    found = [url.password] if url.password else []
+    if url.username and source.kind == "athena":  # an access key id
+        found.append(url.username)
+    for key, value in url.query.items():
+        if key.lower() in _SECRET_PARAMS:
+            found += [value] if isinstance(value, str) else list(value)
+    found += [quote(str(s), safe="") for s in found]
+    return sorted({str(s) for s in found if s}, key=len, reverse=True)
+
+
+def _without_secrets(text: str, source: Source) -> str:
+    for secret in _secrets(source):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _sqlite_connect(source: Source, *, read_only: bool, create: bool = True) -> sqlite3.Connection:
@@ -325,7 +357,8 @@ def explain(exc: BaseException, source: Source) -> str:
     """Say in one sentence what went wrong with the source and how to fix it."""
     if isinstance(exc, SourceError):
         return str(exc)
-    text = str(getattr(exc, "orig", None) or exc)
+    # a driver may quote the URL or its connection string back: never say a secret again
+    text = _without_secrets(str(getattr(exc, "orig", None) or exc), source)
     low = text.lower()
     where = source.display
     table = str(source.table)
