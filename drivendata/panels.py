@@ -258,25 +258,37 @@ SELECT n, min, max, mean,
 FROM s"""
 
     def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
-        # The rows are checked once, kept, and read twice: for the span, then the buckets.
+        # The span first, from a cheap check that every valid row passes: when the earliest and
+        # latest rows it lets through are valid, they are the valid rows' bounds; only when one
+        # is not are the rows checked in full for it. Then one full check a row, for the buckets.
         at = "accessed_at"
+        text = self.text(at)
         need = [b.valid(at)] + ([b.valid(value)] if value else [])
+        rough = [f"{at} LIKE '____-__-__ __:__:__%'", f"{text} <= :now"]
+        rough += [b.valid(value)] if value else []
         values = (
             "NULL AS min, NULL AS mean, NULL AS max"
             if value is None
-            else "MIN(v) AS min, AVG(v) AS mean, MAX(v) AS max"
+            else f"MIN({value}) AS min, AVG({value}) AS mean, MAX({value}) AS max"
         )
-        return f"""WITH checked AS MATERIALIZED (
-  SELECT {self.text(at)} AS at{f", {value} AS v" if value else ""}
-  FROM {self.table}
-  WHERE {b.where(*need)}),
-span AS (
-  SELECT lo, hi, {self.seconds("hi")} - {self.seconds("lo")} AS seconds
-  FROM (SELECT MIN(at) AS lo, MAX(at) AS hi FROM checked) AS bounds),
-width AS (SELECT {chars} AS chars FROM span)
-SELECT {self.prefix("at", "(SELECT chars FROM width)")} AS bucket,
+        bound = {
+            end: f"CASE WHEN {end} IS NULL OR {self.valid_timestamp(end)} THEN {end}\n"
+            f"    ELSE (SELECT {agg}({text}) FROM {self.table} WHERE {b.where(*need)}) END"
+            for end, agg in (("lo", "MIN"), ("hi", "MAX"))
+        }
+        return f"""WITH rough AS MATERIALIZED (
+  SELECT MIN({text}) AS lo, MAX({text}) AS hi FROM {self.table}
+  WHERE {b.where(*rough)}),
+bounds AS MATERIALIZED (
+  SELECT {bound["lo"]} AS lo,
+  {bound["hi"]} AS hi
+  FROM rough),
+span AS MATERIALIZED (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM bounds),
+width AS MATERIALIZED (SELECT {chars} AS chars FROM span)
+SELECT {self.prefix(text, "(SELECT chars FROM width)")} AS bucket,
   COUNT(*) AS sessions, {values}
-FROM checked
+FROM {self.table}
+WHERE {b.where(*need)}
 GROUP BY 1
 ORDER BY 1"""
 
@@ -296,29 +308,45 @@ ORDER BY 1"""
         index = f"((CAST({value} AS BIGINT) - r.lo) * {bins}) / (CAST(r.hi AS BIGINT) - r.lo)"
         return self.histogram_by_expression(value, index, where, bins)
 
+    # The summary leaves the timeline's skipped rows to the timeline's own count of the rows it
+    # used (see complete_summary): checking every row's text timestamp is most of a panel's
+    # cost here, and the timeline checks them anyway.
+    skips_from_timeline = True
+
     def summary_sql(self, b: Builder) -> str:
         # Grouping by the checks' outcomes makes each check once per row, in a scan the server
-        # may split between its workers; at most 32 groups are then summed.
+        # may split between its workers; at most 16 groups are then summed. The newest row is
+        # the latest that a cheap check lets through when it is valid (checked in full only
+        # when not); the last five minutes' rows are few, and checked in full.
         at = self.text("accessed_at")
-        flags = row_checks(b)
+        flags = {k: v for k, v in row_checks(b).items() if k != "ok_at"}
         keys = ",\n    ".join(f"{sql} AS {name}" for name, sql in flags.items())
         skipped = ",\n  ".join(
             f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE n END) AS skipped_{name}"
             for name, terms in needs_flags(b).items()
+            if name != "timeline"
         )
-        return f"""SELECT SUM(n) AS rows,
+        valid_at = b.valid("accessed_at")
+        return f"""SELECT rows, users,
+  CASE WHEN newest IS NULL OR {self.valid_timestamp("newest")} THEN newest
+    ELSE (SELECT MAX({at}) FROM {self.table} WHERE {b.where(valid_at)}) END AS newest,
+  last_5_minutes, {", ".join(f"skipped_{n}" for n in needs_flags(b) if n != "timeline")}
+FROM (
+SELECT SUM(n) AS rows,
   (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
    WHERE {b.where(self.nonempty("user_name"))}) AS u) AS users,
-  MAX(CASE WHEN ok_at THEN newest END) AS newest,
-  SUM(CASE WHEN ok_at THEN recent ELSE 0 END) AS last_5_minutes,
+  MAX(newest) AS newest,
+  SUM(recent) AS last_5_minutes,
   {skipped}
 FROM (
   SELECT {keys},
-    COUNT(*) AS n, MAX({at}) AS newest,
-    SUM(CASE WHEN {at} >= :recent THEN 1 ELSE 0 END) AS recent
+    COUNT(*) AS n,
+    MAX(CASE WHEN accessed_at LIKE '____-__-__ __:__:__%' AND {at} <= :now THEN {at} END)
+      AS newest,
+    SUM(CASE WHEN {at} >= :recent AND {valid_at} THEN 1 ELSE 0 END) AS recent
   FROM {self.table}
   WHERE {b.where()}
-  GROUP BY 1, 2, 3, 4, 5) AS checked"""
+  GROUP BY {", ".join(str(i + 1) for i in range(len(flags)))}) AS checked) AS totals"""
 
     def age_groups_sql(self, b: Builder, group: str) -> str:
         # A user's birth date is the latest well-formed, past one among their rows.
@@ -337,6 +365,7 @@ GROUP BY 1"""
 
 
 class SQLiteDialect(Dialect):
+    skips_from_timeline = False
     name = "sqlite"
     least = "MIN"
 
@@ -608,6 +637,8 @@ class AthenaDialect(Dialect):
     """Amazon Athena (Trino engine v3): billed by bytes scanned, so every panel reads only the
     columns it needs, once where one statement can, with the time window in its WHERE clause
     so that a table partitioned by time scans only the partitions it needs."""
+
+    skips_from_timeline = False
 
     name = "athena"
     double = "DOUBLE"
@@ -1082,9 +1113,21 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
         "newest": _time(row["newest"]),
         "last_5_minutes": int(row["last_5_minutes"] or 0),
         "version": None if row.get("version") is None else str(row["version"]),
-        "skipped": {name: int(row[f"skipped_{name}"] or 0) for name in FIGURE_PANELS},
+        # None where the timeline's own count is to tell (complete_summary)
+        "skipped": {
+            name: int(row[f"skipped_{name}"] or 0) if f"skipped_{name}" in row else None
+            for name in FIGURE_PANELS
+        },
     }
     return out
+
+
+def complete_summary(summary: dict[str, Any], timeline: pd.DataFrame) -> dict[str, Any]:
+    """Fill in the rows the timeline skipped: the rows in the window that it did not count."""
+    if summary["skipped"]["timeline"] is None:
+        used = int(timeline["sessions"].sum()) if len(timeline) else 0
+        summary["skipped"]["timeline"] = summary["rows"] - used
+    return summary
 
 
 # ---------------------------------------------------------------- the registry
@@ -1126,6 +1169,13 @@ def run(
 
     :param meter: adds up the queries sent and the bytes the source scanned for them.
     """
+    result = _run(conn, source, name, q, meter)
+    if name == "summary" and result["skipped"]["timeline"] is None:
+        complete_summary(result, _run(conn, source, "timeline", q, meter))
+    return result
+
+
+def _run(conn: sa.Connection, source: Source, name: str, q: Query, meter: Meter | None) -> Any:
     if not isinstance(name, str) or name not in PANELS:
         raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
     panel = PANELS[name]
@@ -1180,7 +1230,13 @@ def compute(
     conn: sa.Connection, source: Source, q: Query, names: Mapping[str, Panel] | None = None
 ) -> dict[str, Any]:
     """Run every panel (or those named) on one connection and return their results."""
-    return {name: run(conn, source, name, q) for name in (names or PANELS)}
+    wanted = list(names or PANELS)
+    if "summary" in wanted and "timeline" in wanted:  # the timeline first: the summary uses it
+        timeline = _run(conn, source, "timeline", q, None)
+        results = {n: _run(conn, source, n, q, None) for n in wanted if n != "timeline"}
+        complete_summary(results["summary"], timeline)
+        return {n: timeline if n == "timeline" else results[n] for n in wanted}
+    return {name: run(conn, source, name, q) for name in wanted}
 
 
 # Slowest first, so that two workers finish together.
@@ -1209,10 +1265,13 @@ def compute_all(
 
     def one(name: str) -> Any:
         with engine.connect() as conn:
-            return run(conn, source, name, q, meter)
+            return _run(conn, source, name, q, meter)
 
     if workers <= 1:
-        return {name: one(name) for name in PANELS}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drivendata-panel") as pool:
-        futures = {name: pool.submit(one, name) for name in names}
-        return {name: futures[name].result() for name in PANELS}
+        results = {name: one(name) for name in PANELS}
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="drivendata-panel") as pool:
+            futures = {name: pool.submit(one, name) for name in names}
+            results = {name: futures[name].result() for name in PANELS}
+    complete_summary(results["summary"], results["timeline"])
+    return results

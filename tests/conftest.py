@@ -41,6 +41,9 @@ def junk_rows(gen: Generator, now: datetime) -> list[Row]:
         {at: (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")},  # other format
         {at: "2026-13-01 10:00:00"},
         {at: "2026-11-27 10:00:00.1234567"},  # seven fraction digits
+        # the latest and the earliest arrival that the shape alone lets through are not valid
+        {at: (now - timedelta(microseconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f") + "0"},
+        {at: "1971-01-01 00:00:0x"},
         {born: None},
         {born: ""},
         {born: "not a date"},
