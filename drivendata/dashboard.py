@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import html
+import json
+import logging
 import threading
 import time
 from collections.abc import Collection
@@ -26,6 +29,7 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import sqlalchemy as sa
+from ipywidgets.widgets.widget import _put_buffers
 
 from drivendata import figures as figs
 from drivendata import settings
@@ -49,10 +53,28 @@ INTERVAL_LABELS = {"off": "Off", "2s": "2 s", "5s": "5 s", "15s": "15 s", "60s":
 STALE_AFTER = timedelta(minutes=10)
 # A moving window loses old rows without any new one arriving: recompute it this often anyway.
 WINDOW_RECHECK = 60.0
+# Seconds a refresh may take, with automatic refresh off, before the status says so.
+SLOW_AFTER = 5.0
 # Seconds between retries after consecutive failures; the last one repeats.
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 Key = tuple[str, str, str]  # field, versus, window
+
+# What a page may send: a control, an index into its options; a figure, what plotly.js reports
+# (zoom, legend clicks, the edit it drew), in small messages. No other widget takes input.
+FIGURE_INPUT = frozenset(
+    {
+        "_js2py_traceDeltas",
+        "_js2py_layoutDelta",
+        "_js2py_restyle",
+        "_js2py_relayout",
+        "_js2py_update",
+        "_js2py_pointsCallback",
+    }
+)
+MAX_FIGURE_INPUT = 64_000  # bytes; plotly.js reports a zoom or a drawn edit in far fewer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +142,7 @@ class Dashboard(widgets.VBox):
         self.failures = 0
         self.retry_in: float | None = None
         self.paused: str | None = None  # why automatic refresh stopped (Athena's scan limit)
+        self.waiting: float | None = None  # seconds the refresh in flight has taken, once slow
         self.costs: Costs | None = None
         if source is not None and source.kind == "athena":
             try:
@@ -172,6 +195,7 @@ class Dashboard(widgets.VBox):
         style.add_class("dd-style")
         super().__init__([style, self.header, bar, self.status, self.grid])
         self.add_class("dd-dashboard")
+        self._guard(self)
         if autostart:
             self.start()
 
@@ -245,6 +269,75 @@ class Dashboard(widgets.VBox):
         self._wake.set()
         self._render_status()
 
+    # ------------------------------------------------------------ messages from the page
+
+    def _guard(self, widget: widgets.Widget) -> None:
+        """Send what the page says to this widget, its layout, its style and its children
+        through :meth:`_from_page`."""
+        for part in (widget, getattr(widget, "layout", None), getattr(widget, "style", None)):
+            comm = getattr(part, "comm", None)
+            if isinstance(part, widgets.Widget) and comm is not None:
+                comm.on_msg(functools.partial(self._from_page, part))
+        for child in getattr(widget, "children", ()):
+            self._guard(child)
+
+    def _from_page(self, widget: widgets.Widget, msg: Any) -> None:
+        """Take a message the page sent to a widget, refusing what no page has reason to send.
+
+        This replaces ipywidgets' handler, which sets any synced trait the page names (a
+        control's list of options among them) and answers a value that does not fit with a
+        traceback sent to the page.
+        """
+        content = msg.get("content") if isinstance(msg, dict) else None
+        data = content.get("data") if isinstance(content, dict) else None
+        method = data.get("method") if isinstance(data, dict) else None
+        if method == "request_state":
+            widget.send_state()
+            return
+        reason = "it is not an update" if method != "update" else self._unfit(widget, msg)
+        if reason is None:
+            assert isinstance(data, dict)
+            state = data["state"]
+            try:
+                if data.get("buffer_paths"):
+                    _put_buffers(state, data["buffer_paths"], msg.get("buffers") or [])
+                widget.set_state(state)
+                return
+            except Exception as exc:  # a value the widget cannot take: refused like the rest
+                reason = f"the widget could not take it ({exc.__class__.__name__})"
+        log.warning("Refused a message from the page to a %s: %s.", widget._model_name, reason)
+        if widget in self.controls:
+            self.refused = (
+                f"A change to {widget.description} that is not one of its choices was refused."
+            )
+            widget.send_state("index")  # a page that shows something else is put right
+            self._render_status()
+
+    def _unfit(self, widget: widgets.Widget, msg: dict[str, Any]) -> str | None:
+        """Return why an update from the page is refused, or None to take it."""
+        data = msg["content"]["data"]
+        state = data.get("state")
+        if not isinstance(state, dict) or not state:
+            return "its state is not a mapping of traits"
+        if widget in self.controls:
+            index = state.get("index")
+            if set(state) != {"index"} or data.get("buffer_paths") or msg.get("buffers"):
+                return "a control takes only an index"
+            if type(index) is not int or not 0 <= index < len(widget.options):
+                return "the index is not one of the control's choices"
+            return None
+        if isinstance(widget, go.FigureWidget):
+            if not set(state) <= FIGURE_INPUT:
+                return "a figure takes only what plotly.js reports"
+            if not all(v is None or isinstance(v, dict) for v in state.values()):
+                return "what plotly.js reports is a mapping"
+            size = len(json.dumps(state, default=lambda _: None))
+            size += sum(len(b) for b in msg.get("buffers") or [])
+            if size > MAX_FIGURE_INPUT:
+                return f"{size:,} bytes is more than plotly.js ever reports"
+            return None
+        return "this widget takes no input"
+
     def _control_name(self, control: widgets.Dropdown) -> str:
         names = {
             id(c): n
@@ -306,11 +399,22 @@ class Dashboard(widgets.VBox):
         key = self._key()
         loop = asyncio.get_running_loop()
         began = time.monotonic()
+        work = loop.run_in_executor(self._executor, self._locked_work, key, force)
+        # No other refresh starts meanwhile, however long this one takes; past the refresh
+        # interval, the status says that the source is slow.
+        patience = self._interval() or SLOW_AFTER
         try:
-            outcome = await loop.run_in_executor(self._executor, self._locked_work, key, force)
+            while not work.done():
+                await asyncio.wait({work}, timeout=patience)
+                if not work.done():
+                    self.waiting = time.monotonic() - began
+                    self._render_status()
+            outcome = work.result()
         except Exception as exc:  # every failure becomes one sentence in the status
+            self.waiting = None
             self._failed(exc, time.monotonic() - began)
             return False
+        self.waiting = None
         self._succeeded(outcome)
         return True
 
@@ -442,6 +546,7 @@ class Dashboard(widgets.VBox):
         self.figures[name] = fig
         self._drawn[name] = None
         self.cards[name].children = [fig]
+        self._guard(fig)
 
     def _on_drawn(self, name: str, change: dict[str, Any]) -> None:
         if change["new"]:
@@ -495,6 +600,7 @@ class Dashboard(widgets.VBox):
             now=_utcnow(),
             costs=self.costs,
             paused=self.paused,
+            waiting=self.waiting,
         )
 
 
@@ -533,8 +639,12 @@ def status_html(
     now: datetime | None = None,
     costs: Costs | None = None,
     paused: str | None = None,
+    waiting: float | None = None,
 ) -> str:
-    """Return the status line: what is shown and how fresh it is, or what is wrong."""
+    """Return the status line: what is shown and how fresh it is, or what is wrong.
+
+    :param waiting: seconds the refresh in flight has taken, when that is too long.
+    """
     now = now or _utcnow()
     esc = html.escape
     parts: list[str] = []
@@ -581,6 +691,13 @@ def status_html(
     if paused is not None and error is None:
         parts.insert(0, esc(paused))
         level = "warn"
+    if waiting is not None:
+        parts.insert(
+            0,
+            f"The source is slow: this refresh has been running for {waiting:.0f} s, and the "
+            "next one starts when it ends",
+        )
+        level = "error" if level == "error" else "warn"
     if refused is not None:
         parts.insert(0, esc(refused))
         level = "error" if level == "error" else "warn"
