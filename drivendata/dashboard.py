@@ -18,6 +18,7 @@ import functools
 import html
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Collection
@@ -74,7 +75,17 @@ FIGURE_INPUT = frozenset(
 )
 MAX_FIGURE_INPUT = 64_000  # bytes; plotly.js reports a zoom or a drawn edit in far fewer
 
+# In a kernel, sys.stderr is the page's output: notes for the operator go to the process's own
+# stderr, which the server's log holds. So do the kernel's notes on messages to no comm
+# ("Comm"), which would otherwise echo a tampering client's words to its page.
 log = logging.getLogger(__name__)
+for _name in (__name__, "Comm"):
+    _logger = logging.getLogger(_name)
+    if not _logger.handlers:
+        _to_server = logging.StreamHandler(sys.__stderr__)
+        _to_server.setFormatter(logging.Formatter(f"[{_name}] %(levelname)s | %(message)s"))
+        _logger.addHandler(_to_server)
+        _logger.propagate = False
 
 
 @dataclass

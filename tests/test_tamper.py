@@ -6,6 +6,9 @@ widget messages. Statements are counted inside the kernel process by a ``sitecus
 (written here into a folder put on the server's ``PYTHONPATH``; it acts only in processes
 started as ``ipykernel_launcher``) that logs every statement SQLAlchemy sends: nothing in the
 product is changed for the test. Run with ``pytest -m browser``.
+
+The first test runs in-process: what a real page sends (an index, a zoom, the edit a view
+drew) still reaches the dashboard through the guard.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import psutil
 import pytest
 
 from drivendata import stream
+from drivendata.dashboard import Dashboard
 from drivendata.database import Source, source_from
+from drivendata.panels import FIELDS
 from tests.test_browser import (  # noqa: F401  (browser is a fixture)
     REFRESH,
     Viewer,
@@ -35,8 +40,6 @@ from tests.test_browser import (  # noqa: F401  (browser is a fixture)
     voila_server,
     wait_for,
 )
-
-pytestmark = pytest.mark.browser
 
 SITECUSTOMIZE = """\
 # Written by tests/test_tamper.py: log each SQL statement a kernel process sends.
@@ -99,6 +102,38 @@ def update(comm_id: str, state: Any, **extra: Any) -> dict[str, Any]:
 HUGE = 5_000_000  # characters: several MB on the WebSocket, under its 10 MiB frame limit
 
 
+def test_what_a_real_page_sends_is_taken(tmp_path: Path) -> None:
+    """Messages as the page's views send them, through each widget's comm (outside a kernel
+    ipywidgets gives every widget a DummyComm, whose handle_msg calls the same handler)."""
+    source = source_from(f"sqlite:///{tmp_path / 'drivendata.db'}")
+    stream.seed(source, rows=200, days=1, seed=3)
+    d = Dashboard(source, autostart=False)
+
+    def page_says(widget: Any, state: dict[str, Any]) -> None:
+        msg = {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}}}
+        widget.comm.handle_msg({**msg, "buffers": []})
+
+    try:
+        page_says(d.field, {"index": 1})
+        assert d.field.value == list(FIELDS)[1] and d.refused is None
+        fig = d.figures["histogram"]
+        zoom = {"xaxis.range[0]": 100, "xaxis.range[1]": 200}
+        page_says(fig, {"_js2py_relayout": {"relayout_data": zoom, "source_view_id": "v"}})
+        assert fig.layout.xaxis.range == (100, 200)
+        drawn = {"trace_deltas": [{"uid": t.uid} for t in fig.data], "trace_edit_id": 0}
+        page_says(fig, {"_js2py_traceDeltas": drawn})
+        assert d._drawn["histogram"] == 0
+        # and beside them, the same kinds of message refused
+        page_says(d.field, {"index": True})
+        assert d.field.value == list(FIELDS)[1]
+        assert d.refused == "A change to Field that is not one of its choices was refused."
+        page_says(fig, {"_js2py_relayout": {"relayout_data": {"title.text": "z" * 100_000}}})
+        assert fig.layout.title.text != "z" * 100_000
+    finally:
+        d.close()
+
+
+@pytest.mark.browser
 def test_tampered_widget_messages_are_refused_without_a_query(
     browser: Any,  # noqa: F811
     server: str,
@@ -172,6 +207,9 @@ def test_tampered_widget_messages_are_refused_without_a_query(
             for _ in range(3):
                 await send("comm_msg", update(uuid.uuid4().hex, {"index": 0}))
             await send("comm_close", {"comm_id": uuid.uuid4().hex, "data": {}})
+            await send(
+                "comm_open", {"comm_id": uuid.uuid4().hex, "target_name": "no.such", "data": {}}
+            )
             # shell messages are handled in order: once this is answered, all the above are
             info = await send("kernel_info_request", {})
             seen = await until(replies_to(info), timeout=120)
@@ -184,7 +222,7 @@ def test_tampered_widget_messages_are_refused_without_a_query(
         for key in ("index", "_options_labels", "description", "disabled"):
             assert after_state[key] == before_state[key], key
         assert after_state["index"] == 3  # upload_speed
-        errors = [m for m in seen if m.get("msg_type") == "error"]
+        errors = [m["content"] for m in seen if m.get("msg_type") in ("error", "stream")]
         assert errors == []
         assert not any("Traceback" in json.dumps(m, default=str) for m in seen)
         assert kernel_alive(server, viewer.kernel_id)
