@@ -202,6 +202,22 @@ class Dialect:
     def valid_date(self, col: str) -> str:
         raise NotImplementedError
 
+    def real_day(self, col: str) -> str:
+        """The day of a well-formed text date or time is one its month has (no 2026-02-30).
+
+        Plain text tests, the same on every database: most rows stop at the first one."""
+        days = [
+            f"'{m}-{d}'" for m in ("01", "03", "05", "07", "08", "10", "12") for d in (29, 30, 31)
+        ]
+        days += [f"'{m}-{d}'" for m in ("04", "06", "09", "11") for d in (29, 30)]
+        leap = ", ".join(f"'{y:02d}'" for y in range(4, 100, 4))
+        centuries = ", ".join(f"'{y:04d}'" for y in range(400, 10000, 400))
+        return (
+            f"(substr({col}, 9, 2) <= '28' OR substr({col}, 6, 5) IN ({', '.join(days)})"
+            f" OR (substr({col}, 6, 5) = '02-29' AND (substr({col}, 3, 2) IN ({leap})"
+            f" OR substr({col}, 1, 4) IN ({centuries}))))"
+        )
+
     def seconds(self, col: str) -> str:
         """Seconds since 1970 of a well-formed text timestamp."""
         raise NotImplementedError
@@ -390,7 +406,8 @@ class SQLiteDialect(Dialect):
             f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
             f" AND substr({col}, 12, 2) <= '23'"
             f" AND (length({col}) = 19 OR (length({col}) BETWEEN 21 AND 26"
-            f" AND substr({col}, 20, 1) = '.' AND substr({col}, 21) NOT GLOB '*[^0-9]*')))"
+            f" AND substr({col}, 20, 1) = '.' AND substr({col}, 21) NOT GLOB '*[^0-9]*'))"
+            f" AND {col} NOT GLOB '0000*' AND {self.real_day(col)})"
         )
 
     def valid_date(self, col: str) -> str:
@@ -591,7 +608,8 @@ class PostgresDialect(Dialect):
             f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
             f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
             f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
-            f" AND substr({col}, 18, 1) <= '5')"
+            f" AND substr({col}, 18, 1) <= '5' AND {col} NOT LIKE '0000%'"
+            f" AND {self.real_day(col)})"
         )
 
     def valid_date(self, col: str) -> str:
@@ -644,13 +662,14 @@ class AthenaDialect(Dialect):
     double = "DOUBLE"
 
     TS = (
-        "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) "
+        "^([0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)-"  # no year 0
+        "(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) "
         "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$"
     )
     DAY = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 
     def valid_timestamp(self, col: str) -> str:
-        return f"regexp_like({col}, '{self.TS}')"
+        return f"(regexp_like({col}, '{self.TS}') AND {self.real_day(col)})"
 
     def valid_date(self, col: str) -> str:
         return f"regexp_like({col}, '{self.DAY}')"
@@ -965,8 +984,23 @@ def _time(value: Any) -> Any:
         return None
     if isinstance(value, datetime):
         return value
-    text = str(value)
-    return datetime.strptime(text, TS_FORMAT if "." in text else "%Y-%m-%d %H:%M:%S")
+    return read_time(str(value))
+
+
+def read_time(text: str) -> datetime:
+    """A well-formed text time, or a prefix of one (a timeline bucket)."""
+    year, month = int(text[:4]), int(text[5:7]) if len(text) >= 7 else 1
+    day = int(text[8:10]) if len(text) >= 10 else 1
+    clock = (text[11:] + "00:00:00"[len(text) - 11 :] if len(text) > 11 else "00:00:00")[:8]
+    hours, minutes, seconds = (int(part) for part in clock.split(":"))
+    fraction = text[20:26] if len(text) > 20 else ""
+    return datetime(year, month, 1) + timedelta(
+        days=day - 1,
+        hours=hours,
+        minutes=minutes,
+        seconds=seconds,
+        microseconds=int(fraction.ljust(6, "0")) if fraction else 0,
+    )
 
 
 def _field_values(frame: pd.DataFrame, column: str, name: str) -> None:
@@ -1022,11 +1056,7 @@ def shape_timeline(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def _bucket_start(prefix: str) -> datetime:
-    full = "0000-01-01 00:00:00"
-    text = str(prefix)
-    if len(text) in (4, 7):  # a year or a month: the first day
-        text = text + "-01-01"[len(text) - 4 :] if len(text) == 4 else text + "-01"
-    return datetime.strptime(text + full[len(text) :], "%Y-%m-%d %H:%M:%S")
+    return read_time(str(prefix))
 
 
 def shape_distribution(rows: pd.DataFrame, q: Query) -> dict[str, Any]:

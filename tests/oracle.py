@@ -13,7 +13,8 @@ from drivendata.database import COLUMN_NAMES, COLUMNS
 
 # ASCII digits only: \d alone would also take other scripts' digits, which no database check does
 TS = re.compile(
-    r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) ([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?",
+    r"(?!0000)\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) "  # no year 0
+    r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?",
     re.ASCII,
 )
 DAY = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", re.ASCII)
@@ -27,8 +28,20 @@ def text(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def real_day(s: str) -> bool:
+    """The month has the day (no 2026-02-30)."""
+    try:
+        date.fromisoformat(s[:10])
+    except ValueError:
+        return False
+    return True
+
+
 def parse(s: str) -> datetime:
-    return datetime.strptime(s, "%Y-%m-%d %H:%M:%S.%f" if "." in s else "%Y-%m-%d %H:%M:%S")
+    """A day past its month's end rolls over into the next month, as the databases read it."""
+    y, m, d = int(s[:4]), int(s[5:7]), int(s[8:10])
+    clock = datetime.strptime(s[11:], "%H:%M:%S.%f" if "." in s else "%H:%M:%S")
+    return datetime(y, m, 1) + timedelta(days=d - 1) + (clock - datetime(1900, 1, 1))
 
 
 class Oracle:
@@ -41,7 +54,11 @@ class Oracle:
         now_text = text(now)
         frame["at_ok"] = (
             frame["accessed_at"]
-            .map(lambda s: isinstance(s, str) and bool(TS.fullmatch(s)) and s <= now_text)
+            .map(
+                lambda s: (
+                    isinstance(s, str) and bool(TS.fullmatch(s)) and real_day(s) and s <= now_text
+                )
+            )
             .astype(bool)
         )
         span = WINDOWS[window]
