@@ -66,7 +66,14 @@ CREATE TABLE IF NOT EXISTS entries (
   used REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_used ON entries (used);
+CREATE TABLE IF NOT EXISTS versions (
+  key TEXT PRIMARY KEY,
+  version TEXT NOT NULL,
+  created REAL NOT NULL
+);
 """
+# Shared data versions are kept this long, then dropped as later ones are stored.
+VERSIONS_KEPT = 300.0
 
 
 @dataclasses.dataclass
@@ -77,6 +84,8 @@ class Stats:
     computed: int = 0
     waited: int = 0
     errors: int = 0
+    probed: int = 0  # data versions this process read from the source
+    shared: int = 0  # data versions it took from another process that read them this second
     last: str = ""  # "hit", "waited", "computed" or "uncached": how the last fetch was answered
 
 
@@ -133,6 +142,57 @@ class ResultCache:
         }
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    # ------------------------------------------------------------ the shared data version
+
+    def version(
+        self,
+        source: Source,
+        probe: Callable[[], str],
+        at: float | None = None,
+        fresh: bool = False,
+    ) -> str:
+        """Return the source's data version for this second of the clock: read by the first
+        process that asks, and shared with every other process that asks in the same second.
+
+        Viewers refresh on the same ticks of the clock (see the dashboard), so with this the
+        source answers one probe a tick, and then one computation, however many viewers there
+        are. The probe's failures reach the caller; the cache's own never do.
+
+        :param fresh: read the source even when this second's version is known (a refresh
+            someone asked for), and share that.
+        """
+        second = int(time.time() if at is None else at)
+        try:
+            self._ensure_directory()
+            text = json.dumps(["version", source.display, str(source.table), second])
+            key = hashlib.sha256(text.encode()).hexdigest()
+        except Exception:  # no usable directory
+            self.stats.errors += 1
+            self.stats.probed += 1
+            return probe()
+        with self._lock(key) as held:
+            known = held is not None and not fresh
+            found = self._safely(self._get_version, key) if known else None
+            if found is not None:
+                self.stats.shared += 1
+                return str(found)
+            value = probe()
+            self.stats.probed += 1
+            if held is not None:
+                self._safely(self._put_version, key, value)
+            return value
+
+    def _get_version(self, key: str) -> str | None:
+        with self._db() as conn:
+            row = conn.execute("SELECT version FROM versions WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+    def _put_version(self, key: str, version: str) -> None:
+        now = time.time()
+        with self._db() as conn:
+            conn.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?)", (key, version, now))
+            conn.execute("DELETE FROM versions WHERE created < ?", (now - VERSIONS_KEPT,))
 
     # ------------------------------------------------------------ the one entry point
 

@@ -442,6 +442,10 @@ class Dashboard(widgets.VBox):
                 self._render_status()
             else:
                 delay = self._interval()
+                if delay is not None:
+                    # on the clock's multiples of the interval: every viewer of the server
+                    # refreshes at the same moments, so they share one probe and computation
+                    delay -= time.time() % delay
             if delay is None:
                 await self._wake.wait()
                 continue
@@ -468,29 +472,35 @@ class Dashboard(widgets.VBox):
         if self._engine is None:
             self._engine = reader(self.source)
         began = time.monotonic()
-        with self._engine.connect() as conn:
-            version = data_version(conn, self.source)
-            last = self.snapshot
-            moving = key[2] != "all"
-            unchanged = (
-                last is not None
-                and last.key == key
-                and last.version == version
-                and not (moving and time.monotonic() - last.computed > WINDOW_RECHECK)
-            )
-            if unchanged and not force:
-                return Outcome(key, version, None)
-            q = Query(
-                field=key[0],
-                versus=key[1],
-                window=key[2],
-                buckets=self.buckets,
-                bins=self.bins,
-                people=self.people,
-            )
-        self.computes += 1
         engine, source = self._engine, self.source
 
+        def probe() -> str:
+            with engine.connect() as conn:
+                return data_version(conn, source)
+
+        # One probe a tick for all the server's viewers when they share a cache; a refresh
+        # asked for (a control, a button) reads the source itself.
+        cache = self.cache
+        version = probe() if cache is None else cache.version(source, probe, fresh=force)
+        last = self.snapshot
+        moving = key[2] != "all"
+        unchanged = (
+            last is not None
+            and last.key == key
+            and last.version == version
+            and not (moving and time.monotonic() - last.computed > WINDOW_RECHECK)
+        )
+        if unchanged and not force:
+            return Outcome(key, version, None)
+        q = Query(
+            field=key[0],
+            versus=key[1],
+            window=key[2],
+            buckets=self.buckets,
+            bins=self.bins,
+            people=self.people,
+        )
+        self.computes += 1
         meter = Meter()
 
         def compute() -> dict[str, Any]:

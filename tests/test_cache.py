@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from drivendata.cache import ResultCache
 from drivendata.dashboard import Dashboard
-from drivendata.database import Source, reader
+from drivendata.database import Source, reader, source_from
 from drivendata.panels import Query, compute_all, data_version
 from drivendata.stream import Generator, Stream, insert
 from tests.conftest import NOW, ROWS, Dataset, load
@@ -371,3 +371,55 @@ def test_dashboards_share_one_computation(
     finally:
         first.close()
         second.close()
+
+
+def test_one_process_reads_the_data_version_each_second_for_all(
+    sqlite_source: Source, tmp_path: Path
+) -> None:
+    """Two caches on one directory stand for two kernels of one server."""
+    one = ResultCache(tmp_path / "cache", max_bytes=10_000_000)
+    two = ResultCache(tmp_path / "cache", max_bytes=10_000_000)
+    probes: list[str] = []
+
+    def probe(answer: str) -> Any:
+        def read() -> str:
+            probes.append(answer)
+            return answer
+
+        return read
+
+    assert one.version(sqlite_source, probe("7"), at=1000.2) == "7"
+    assert two.version(sqlite_source, probe("8"), at=1000.9) == "7"  # the same second: shared
+    assert probes == ["7"] and (one.stats.probed, two.stats.shared) == (1, 1)
+    assert two.version(sqlite_source, probe("9"), at=1001.0) == "9"  # the next: read again
+    assert one.version(sqlite_source, probe("10"), at=1001.5, fresh=True) == "10"  # asked for
+    assert two.version(sqlite_source, probe("11"), at=1001.7) == "10"
+    assert probes == ["7", "9", "10"]
+    # another table of the same source is another version
+    other = source_from(str(sqlite_source.url), "elsewhere.sessions")
+    assert two.version(other, probe("12"), at=1001.8) == "12"
+
+
+def test_dashboards_on_the_same_tick_send_one_probe_and_one_computation(
+    sqlite_source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIVENDATA_DATABASE_URL", str(sqlite_source.url))
+    monkeypatch.setenv("DRIVENDATA_TABLE", str(sqlite_source.table))
+    monkeypatch.setenv("DRIVENDATA_CACHE_DIR", str(tmp_path / "cache"))
+    boards = [Dashboard.from_settings(autostart=False) for _ in range(3)]
+    try:
+        logs: list[list[str]] = []
+        for board in boards:
+            board._engine = reader(sqlite_source)
+            logs.append(counted(board._engine))
+        while time.time() % 1 > 0.5:  # the three ticks fall in one second of the clock
+            time.sleep(0.05)
+        outcomes = [board._locked_work(board._key(), False) for board in boards]
+        sent = [statement for log in logs for statement in log]
+        versions = [s for s in sent if s.startswith("SELECT MAX(rowid)")]
+        assert len(versions) == 1, sent
+        assert [o.snapshot is not None for o in outcomes] == [True, True, True]
+        assert sum(b.cache.stats.computed for b in boards if b.cache) == 1
+    finally:
+        for board in boards:
+            board.close()
