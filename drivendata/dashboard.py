@@ -76,10 +76,10 @@ FIGURE_INPUT = frozenset(
 MAX_FIGURE_INPUT = 64_000  # bytes; plotly.js reports a zoom or a drawn edit in far fewer
 
 # In a kernel, sys.stderr is the page's output: notes for the operator go to the process's own
-# stderr, which the server's log holds. So do the kernel's notes on messages to no comm
-# ("Comm"), which would otherwise echo a tampering client's words to its page.
+# stderr, which the server's log holds. So do the kernel's notes on messages to no comm or to
+# no comm target, which would otherwise echo a tampering client's words to its page.
 log = logging.getLogger(__name__)
-for _name in (__name__, "Comm"):
+for _name in (__name__, "Comm", "ipykernel.comm"):
     _logger = logging.getLogger(_name)
     if not _logger.handlers:
         _to_server = logging.StreamHandler(sys.__stderr__)

@@ -13,6 +13,7 @@ drew) still reaches the dashboard through the guard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -147,7 +148,14 @@ def test_tampered_widget_messages_are_refused_without_a_query(
         refreshed = re.search(r"refreshed \S+", viewer.status())
         assert refreshed, viewer.status()
 
-        async def script(send: Any, until: Any) -> tuple[Any, Any, list[Any]]:
+        async def script(send: Any, reply: Any) -> tuple[Any, Any, list[Any]]:
+            seen: list[Any] = []
+
+            async def until(match: Any, timeout: float = 20) -> list[Any]:
+                got = await reply(match, timeout)
+                seen.extend(got)
+                return list(got)
+
             states = _widget_states(send, until)
             first = await states()
             field = next(
@@ -212,8 +220,12 @@ def test_tampered_widget_messages_are_refused_without_a_query(
             )
             # shell messages are handled in order: once this is answered, all the above are
             info = await send("kernel_info_request", {})
-            seen = await until(replies_to(info), timeout=120)
+            await until(replies_to(info), timeout=120)
             last = await states()
+            # what the kernel prints reaches the client a moment later: read until a quiet second
+            with contextlib.suppress(TimeoutError):
+                for _ in range(50):
+                    await until(lambda _: True, timeout=1)
             return first[field]["state"], last[field]["state"], seen
 
         before_state, after_state, seen = talk(server, viewer.kernel_id, script)
