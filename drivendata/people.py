@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
+import threading
 from base64 import b32encode
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,9 @@ def pseudonym(name: str, key: bytes) -> str:
     return "Person " + b32encode(digest).decode()[:8]
 
 
+_making = threading.Lock()
+
+
 @functools.cache
 def _key(configured: str, directory: str) -> bytes:
     if configured:
@@ -44,22 +49,22 @@ def _key(configured: str, directory: str) -> bytes:
     # One random key per installation, kept beside the shared cache, so that every kernel of a
     # server (and every restart) shows the same pseudonyms.
     path = Path(directory) / KEY_FILE
-    try:
+    with _making:  # the panels are shaped in several threads at once
+        try:
+            return bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temp = tempfile.mkstemp(prefix=KEY_FILE, dir=path.parent)  # 0600
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+            os.close(fd)
+            os.link(temp, path)  # the first kernel to get here decides; the others read its key
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temp)
         return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_hex(32)
-    temp = path.with_name(f"{KEY_FILE}.{os.getpid()}")
-    temp.write_text(fresh)
-    temp.chmod(0o600)
-    try:
-        os.link(temp, path)  # the first kernel to get here decides; the others read its key
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink()
-    return bytes.fromhex(path.read_text().strip())
 
 
 def key() -> bytes:

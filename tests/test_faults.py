@@ -131,6 +131,11 @@ def stored_ids(source: Source) -> list[str]:
         engine.dispose()
 
 
+def assert_said_once(streamer: Streamer) -> None:
+    """The generator said the outage and the recovery once each: per outage, not per retry."""
+    assert len(streamer.said("Cannot write")) == len(streamer.said("The database is back")) == 1
+
+
 def assert_nothing_lost_or_doubled(streamer: Streamer, d: Dashboard) -> None:
     """Stop the generator and compare the table with what it says it made."""
     made, written, left = streamer.stop()
@@ -270,11 +275,7 @@ def test_postgresql_stopped_and_started_while_streaming(
             assert "dd-error" not in d.status.value
             assert "dd-stale" not in d.grid._dom_classes
             assert_nothing_lost_or_doubled(streamer, d)
-            assert (
-                len(streamer.said("Cannot write"))
-                == len(streamer.said("The database is back"))
-                == 1
-            )
+            assert_said_once(streamer)
         finally:
             d.close()
 
@@ -453,12 +454,7 @@ def test_sqlite_store_fault_while_streaming(fault: type[Fault], tmp_path: Path) 
             )
             assert "dd-stale" not in d.grid._dom_classes
             assert_nothing_lost_or_doubled(streamer, d)
-            # said once per outage, not once per retry
-            assert (
-                len(streamer.said("Cannot write"))
-                == len(streamer.said("The database is back"))
-                == 1
-            )
+            assert_said_once(streamer)
         finally:
             d.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def test_the_page_never_holds_a_name_when_pseudonyms_are_asked_for(
     monkeypatch.setenv("DRIVENDATA_CACHE", "off")
     d = Dashboard.from_settings(autostart=False)
     try:
-        assert d.refresh_now()
+        assert d.refresh_now(), d.error
         page = json.dumps([f.to_plotly_json() for f in d.figures.values()], default=str)
         page += d.status.value
         assert "Person " in page
@@ -221,3 +222,12 @@ def test_the_page_never_holds_a_name_when_pseudonyms_are_asked_for(
 def test_an_unknown_way_of_showing_people_is_refused_in_one_sentence() -> None:
     with pytest.raises(QueryError, match=r"^'nicknames' is not a way of showing people; pick"):
         Query(people="nicknames")
+
+
+def test_the_key_is_made_once_when_many_threads_ask_at_once(key_dir: Path) -> None:
+    """The panels are shaped in several threads: the first key made is everyone's (two threads
+    once wrote the same temporary file, and one failed the whole refresh)."""
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: people.key(), range(32)))
+    assert len(set(keys)) == 1
+    assert sorted(p.name for p in key_dir.iterdir()) == [people.KEY_FILE]
