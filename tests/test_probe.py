@@ -137,12 +137,16 @@ def kernel_processes(url: str) -> list[psutil.Process]:
     for conn in psutil.net_connections("tcp"):
         if conn.laddr and conn.laddr.port == port_of(url) and conn.status == "LISTEN":
             server = psutil.Process(conn.pid)
-            return [
-                p
-                for p in server.children(recursive=True)
-                if "ipykernel_launcher" in " ".join(p.cmdline())
-            ]
+            return [p for p in server.children(recursive=True) if _is_kernel(p)]
     raise AssertionError("No process listens on the server's port.")
+
+
+def _is_kernel(process: psutil.Process) -> bool:
+    """Whether a process is a live kernel (one that just ended is not)."""
+    try:
+        return "ipykernel_launcher" in " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return False
 
 
 # ---------------------------------------------------------------- the probes
@@ -405,9 +409,15 @@ def test_the_kernel_cap_holds_when_many_ask_at_once(
         wait_for(lambda: health(url)["viewers"] == 0, 60, "the unused kernels to be shut down")
         for _ in range(6):
             hang_up(url)
-        wait_for(lambda: health(url)["viewers"] == 2, 30, "the hung-up requests' kernels")
-        time.sleep(1)  # any kernel over the cap would be starting by now
-        assert len(kernel_processes(url)) <= 3
+        # Their kernels count while they start and until the drop timeout ends them; on a busy
+        # machine one may already be gone when the last starts, so watch rather than wait for 2.
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (not seen or seen[-1] != 0 or max(seen) == 0):
+            seen.append(health(url)["viewers"])
+            assert len(kernel_processes(url)) <= 3
+            time.sleep(0.1)
+        assert 1 <= max(seen) <= 2, seen
         wait_for(lambda: health(url)["viewers"] == 0, 60, "the hung-up requests' kernels to go")
 
 
