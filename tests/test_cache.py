@@ -79,8 +79,19 @@ def viewer(
 
 
 def run_viewers(
-    source: Source, directory: Path, q: Query, n: int, seconds: float = 0.0
+    source: Source,
+    directory: Path,
+    q: Query,
+    n: int,
+    seconds: float = 0.0,
+    started: Callable[[], None] | None = None,
 ) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """Run ``n`` viewers, each in a process of its own, and return their answers.
+
+    :param started: called once every process is forked. Threads are started here, never
+        before: a process forked while another thread holds a lock inherits it held for good
+        (this test once hung for 60 s when the generator's thread was started first).
+    """
     barrier, out = CTX.Barrier(n), CTX.Queue()
     procs = [
         CTX.Process(target=viewer, args=(source, directory, q, barrier, out, seconds))
@@ -89,6 +100,8 @@ def run_viewers(
     for p in procs:
         p.start()
     answers, done = [], 0
+    if started is not None:
+        started()
     while done < n:
         item = out.get(timeout=60)
         if item is None:
@@ -218,13 +231,13 @@ def test_while_rows_stream_in_every_answer_is_at_least_as_new_as_asked(
     load(source, ROWS[:1000])
     streamer = Stream(source, rate=40, seed=5, say=lambda _: None)
     thread = threading.Thread(target=streamer.run, kwargs={"seconds": 4}, daemon=True)
-    thread.start()
     q = dataclasses.replace(Q, window="all")
     try:
-        answers = run_viewers(source, tmp_path / "cache", q, n=4, seconds=3)
+        answers = run_viewers(source, tmp_path / "cache", q, n=4, seconds=3, started=thread.start)
     finally:
         streamer.stop_event.set()
-        thread.join(timeout=30)
+        if thread.ident is not None:
+            thread.join(timeout=30)
     assert len({a[0] for a in answers}) > 1, "the version never changed while streaming"
     assert any(a[1] in ("hit", "waited") for a in answers)
     for asked, _, _, results in answers:
