@@ -202,6 +202,11 @@ class Dialect:
     def valid_date(self, col: str) -> str:
         raise NotImplementedError
 
+    def rough_timestamp(self, col: str) -> str:
+        """A cheap test that every valid, past timestamp passes (and a few invalid ones): the
+        earliest and latest rows it lets through are the valid rows' bounds when they are valid."""
+        return f"{col} LIKE '____-__-__ __:__:__%' AND {self.text(col)} <= :now"
+
     def real_day(self, col: str) -> str:
         """The day of a well-formed text date or time is one its month has (no 2026-02-30).
 
@@ -280,8 +285,7 @@ FROM s"""
         at = "accessed_at"
         text = self.text(at)
         need = [b.valid(at)] + ([b.valid(value)] if value else [])
-        rough = [f"{at} LIKE '____-__-__ __:__:__%'", f"{text} <= :now"]
-        rough += [b.valid(value)] if value else []
+        rough = [self.rough_timestamp(at)] + ([b.valid(value)] if value else [])
         values = (
             "NULL AS min, NULL AS mean, NULL AS max"
             if value is None
@@ -337,16 +341,16 @@ ORDER BY 1"""
         at = self.text("accessed_at")
         flags = {k: v for k, v in row_checks(b).items() if k != "ok_at"}
         keys = ",\n    ".join(f"{sql} AS {name}" for name, sql in flags.items())
+        needs = {k: v for k, v in needs_flags(b).items() if k != "timeline"}
         skipped = ",\n  ".join(
             f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE n END) AS skipped_{name}"
-            for name, terms in needs_flags(b).items()
-            if name != "timeline"
+            for name, terms in needs.items()
         )
         valid_at = b.valid("accessed_at")
         return f"""SELECT rows, users,
   CASE WHEN newest IS NULL OR {self.valid_timestamp("newest")} THEN newest
     ELSE (SELECT MAX({at}) FROM {self.table} WHERE {b.where(valid_at)}) END AS newest,
-  last_5_minutes, {", ".join(f"skipped_{n}" for n in needs_flags(b) if n != "timeline")}
+  last_5_minutes, {", ".join(f"skipped_{n}" for n in needs)}
 FROM (
 SELECT SUM(n) AS rows,
   (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
@@ -357,8 +361,7 @@ SELECT SUM(n) AS rows,
 FROM (
   SELECT {keys},
     COUNT(*) AS n,
-    MAX(CASE WHEN accessed_at LIKE '____-__-__ __:__:__%' AND {at} <= :now THEN {at} END)
-      AS newest,
+    MAX(CASE WHEN {self.rough_timestamp("accessed_at")} THEN {at} END) AS newest,
     SUM(CASE WHEN {at} >= :recent AND {valid_at} THEN 1 ELSE 0 END) AS recent
   FROM {self.table}
   WHERE {b.where()}
