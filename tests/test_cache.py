@@ -362,12 +362,16 @@ def test_settings_turn_the_cache_off_and_place_it(
         d.close()
 
 
-def test_dashboards_share_one_computation(
-    sqlite_source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def shared_settings(sqlite_source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dashboards built from the settings read the SQLite store and share one cache."""
     monkeypatch.setenv("DRIVENDATA_DATABASE_URL", str(sqlite_source.url))
     monkeypatch.setenv("DRIVENDATA_TABLE", str(sqlite_source.table))
     monkeypatch.setenv("DRIVENDATA_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.usefixtures("shared_settings")
+def test_dashboards_share_one_computation(sqlite_source: Source) -> None:
     first = Dashboard.from_settings(autostart=False)
     second = Dashboard.from_settings(autostart=False)
     try:
@@ -413,12 +417,10 @@ def test_one_process_reads_the_data_version_each_second_for_all(
     assert two.version(other, probe("12"), at=1001.8) == "12"
 
 
+@pytest.mark.usefixtures("shared_settings")
 def test_dashboards_on_the_same_tick_send_one_probe_and_one_computation(
-    sqlite_source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_source: Source,
 ) -> None:
-    monkeypatch.setenv("DRIVENDATA_DATABASE_URL", str(sqlite_source.url))
-    monkeypatch.setenv("DRIVENDATA_TABLE", str(sqlite_source.table))
-    monkeypatch.setenv("DRIVENDATA_CACHE_DIR", str(tmp_path / "cache"))
     boards = [Dashboard.from_settings(autostart=False) for _ in range(3)]
     try:
         logs: list[list[str]] = []
