@@ -191,7 +191,10 @@ def _sqlite_connect(source: Source, *, read_only: bool, create: bool = True) -> 
 
 def reader(source: Source, **kwargs: Any) -> Engine:
     """Return an engine whose connections cannot write: SQLite ``mode=ro``, PostgreSQL
-    ``default_transaction_read_only``."""
+    ``default_transaction_read_only``.
+
+    PostgreSQL sessions also turn off JIT compilation: it adds about a tenth of a second to
+    each panel's statement here and saves nothing on scans of this size."""
     if source.kind == "sqlite":
         ensure_store(source)
         engine = sa.create_engine(
@@ -207,7 +210,7 @@ def reader(source: Source, **kwargs: Any) -> Engine:
         return sa.create_engine(
             source.url,
             connect_args={
-                "options": "-c default_transaction_read_only=on",
+                "options": "-c default_transaction_read_only=on -c jit=off",
                 "application_name": "drivendata",
                 "connect_timeout": 5,
             },

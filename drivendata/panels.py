@@ -95,6 +95,13 @@ BUCKET_STEPS: tuple[tuple[int, int], ...] = (
     (4, 366 * 86400),
 )
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# PostgreSQL's timeline groups rows by their text up to the minute or the second, and by the
+# second from the start in windows this short (at most 86,400 groups).
+KEY_MINUTE, KEY_SECOND = 16, 19
+SECOND_KEYS_WITHIN = timedelta(hours=24)
+# Fields of at most 36,001 distinct whole numbers, whose distribution and histogram PostgreSQL
+# computes from a count of each value.
+FEW_VALUES = ("session_duration", "download_speed", "upload_speed")
 
 
 class QueryError(ValueError):
@@ -229,6 +236,8 @@ class Dialect:
 
     least = "LEAST"
     double = "DOUBLE PRECISION"
+    # Whether top_people_sql ranks every person, or only the people of the top rows.
+    ranks_everyone = False
 
     def prefix(self, col: str, length: str) -> str:
         return f"substr({col}, 1, {length})"
@@ -264,7 +273,7 @@ LIMIT {TOP}"""
         # in the running totals: one pass, no sort. The mean sums REALs: SQLite's SUM() of
         # integers fails with "integer overflow" past 64 bits.
         picks = ",\n  ".join(
-            f"(SELECT MIN(v) FROM c WHERE upto > CAST((n - 1) * {p} AS INTEGER) + {k})"
+            f"(SELECT MIN(v) FROM c WHERE upto > {self.floor(f'(n - 1) * {p}')} + {k})"
             f" AS {name}_{'hi' if k else 'lo'}"
             for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
             for k in (0, 1)
@@ -279,38 +288,7 @@ SELECT n, min, max, mean,
 FROM s"""
 
     def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
-        # The span first, from a cheap check that every valid row passes: when the earliest and
-        # latest rows it lets through are valid, they are the valid rows' bounds; only when one
-        # is not are the rows checked in full for it. Then one full check a row, for the buckets.
-        at = "accessed_at"
-        text = self.text(at)
-        need = [b.valid(at)] + ([b.valid(value)] if value else [])
-        rough = [self.rough_timestamp(at)] + ([b.valid(value)] if value else [])
-        values = (
-            "NULL AS min, NULL AS mean, NULL AS max"
-            if value is None
-            else f"MIN({value}) AS min, AVG({value}) AS mean, MAX({value}) AS max"
-        )
-        bound = {
-            end: f"CASE WHEN {end} IS NULL OR {self.valid_timestamp(end)} THEN {end}\n"
-            f"    ELSE (SELECT {agg}({text}) FROM {self.table} WHERE {b.where(*need)}) END"
-            for end, agg in (("lo", "MIN"), ("hi", "MAX"))
-        }
-        return f"""WITH rough AS MATERIALIZED (
-  SELECT MIN({text}) AS lo, MAX({text}) AS hi FROM {self.table}
-  WHERE {b.where(*rough)}),
-bounds AS MATERIALIZED (
-  SELECT {bound["lo"]} AS lo,
-  {bound["hi"]} AS hi
-  FROM rough),
-span AS MATERIALIZED (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM bounds),
-width AS MATERIALIZED (SELECT {chars} AS chars FROM span)
-SELECT {self.prefix(text, "(SELECT chars FROM width)")} AS bucket,
-  COUNT(*) AS sessions, {values}
-FROM {self.table}
-WHERE {b.where(*need)}
-GROUP BY 1
-ORDER BY 1"""
+        raise NotImplementedError
 
     def histogram_by_expression(self, num: str, index: str, where: str, bins: int) -> str:
         return f"""WITH r AS MATERIALIZED (
@@ -329,9 +307,10 @@ ORDER BY 1"""
         return self.histogram_by_expression(value, index, where, bins)
 
     # The summary leaves the timeline's skipped rows to the timeline's own count of the rows it
-    # used (see complete_summary): checking every row's text timestamp is most of a panel's
-    # cost here, and the timeline checks them anyway.
-    skips_from_timeline = True
+    # used, and the distinct users to the age groups' count of them (see complete_summary):
+    # checking every row's text timestamp is most of a panel's cost here, and counting distinct
+    # users another full pass, and those panels make both anyway.
+    summary_from_panels = True
 
     def summary_sql(self, b: Builder) -> str:
         # Grouping by the checks' outcomes makes each check once per row, in a scan the server
@@ -347,14 +326,12 @@ ORDER BY 1"""
             for name, terms in needs.items()
         )
         valid_at = b.valid("accessed_at")
-        return f"""SELECT rows, users,
+        return f"""SELECT rows, NULL AS users,
   CASE WHEN newest IS NULL OR {self.valid_timestamp("newest")} THEN newest
     ELSE (SELECT MAX({at}) FROM {self.table} WHERE {b.where(valid_at)}) END AS newest,
   last_5_minutes, {", ".join(f"skipped_{n}" for n in needs)}
 FROM (
 SELECT SUM(n) AS rows,
-  (SELECT COUNT(*) FROM (SELECT DISTINCT user_name FROM {self.table}
-   WHERE {b.where(self.nonempty("user_name"))}) AS u) AS users,
   MAX(newest) AS newest,
   SUM(recent) AS last_5_minutes,
   {skipped}
@@ -384,7 +361,7 @@ GROUP BY 1"""
 
 
 class SQLiteDialect(Dialect):
-    skips_from_timeline = False
+    summary_from_panels = False
     name = "sqlite"
     least = "MIN"
 
@@ -632,26 +609,130 @@ class PostgresDialect(Dialect):
             f" + substr({col}, 18)::numeric)"
         )
 
+    def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
+        # Rows are grouped by their text up to the minute (or the second, for a short window)
+        # with only the checks the group's key cannot make; each key, a few thousand at most,
+        # is then checked in full, once. Checking each row's text in full costs three times the
+        # rest of the panel. The span, from the valid groups' first and last rows, picks the
+        # bucket width; the groups add up into buckets of it. Buckets finer than a minute
+        # (a span of hours) come from a second pass by the second, made only then.
+        span = WINDOWS[b.q.window]
+        seconds_key = span is not None and span <= SECOND_KEYS_WITHIN
+        levels = [KEY_SECOND] if seconds_key else [KEY_MINUTE, KEY_SECOND]
+        vals = (
+            "NULL::bigint AS lo_v, NULL::numeric AS sum_v, NULL::bigint AS hi_v"
+            if value is None
+            else f"MIN({value}) AS lo_v, SUM({value}) AS sum_v, MAX({value}) AS hi_v"
+        )
+        ctes = []
+        for key in levels:
+            gate = "" if key == levels[0] else "(SELECT chars FROM width) > 16\n    AND "
+            # (a CTE of its own: a condition on a grouped key would be checked on every row)
+            ctes.append(
+                f"""m{key} AS MATERIALIZED (
+  SELECT {self.prefix(self.text("accessed_at"), str(key))} AS key, COUNT(*) AS n, {vals},
+    MIN({self.text("accessed_at")}) AS first, MAX({self.text("accessed_at")}) AS last
+  FROM {self.table}
+  WHERE {gate}{self._row_terms(b, key, value)}
+  GROUP BY 1),
+g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key("key", key)})"""
+            )
+        first = f"g{levels[0]}"
+        ctes.insert(
+            1,
+            f"""bounds AS MATERIALIZED (SELECT MIN(first) AS lo, MAX(last) AS hi FROM {first}),
+span AS MATERIALIZED (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM bounds),
+width AS MATERIALIZED (SELECT {chars} AS chars FROM span)""",
+        )
+        groups = (
+            f"SELECT * FROM g{KEY_SECOND}"
+            if seconds_key
+            else f"SELECT * FROM g{KEY_MINUTE} WHERE (SELECT chars FROM width) <= 16\n"
+            f"  UNION ALL SELECT * FROM g{KEY_SECOND}"
+        )
+        with_ = ",\n".join(ctes)
+        return f"""WITH {with_}
+SELECT substr(key, 1, (SELECT chars FROM width)) AS bucket, SUM(n) AS sessions,
+  MIN(lo_v) AS min, SUM(sum_v) / SUM(n) AS mean, MAX(hi_v) AS max
+FROM ({groups}) AS groups
+GROUP BY 1
+ORDER BY 1"""
+
+    def _row_terms(self, b: Builder, key: int, value: str | None) -> str:
+        """What a row must pass besides its key's check: its shape, the clock after the key
+        (seconds and fraction), the window, and the field's value."""
+        at = "accessed_at"
+        text = self.text(at)
+        terms = [f"{text} >= :since"] if b.q.since is not None else []
+        terms += [f"{at} LIKE '____-__-__ __:__:__%'", f"{text} <= :now"]
+        fraction = (
+            f"length({at}) BETWEEN 21 AND 26 AND {self.text(f'substr({at}, 21)')} !~ '[^0-9]'"
+        )
+        if key == KEY_MINUTE:
+            seconds = ", ".join(f"'{s:02d}'" for s in range(60))
+            dotted = ", ".join(f"'{s:02d}.'" for s in range(60))
+            terms.append(
+                f"CASE length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({seconds})\n"
+                f"      ELSE substr({at}, 18, 3) IN ({dotted}) AND {fraction} END"
+            )
+        else:
+            terms.append(
+                f"CASE length({at}) WHEN 19 THEN TRUE\n"
+                f"      ELSE substr({at}, 20, 1) = '.' AND {fraction} END"
+            )
+        if value is not None:
+            terms.append(b.valid(value))
+        return "\n      AND ".join(terms)
+
+    def valid_key(self, col: str, key: int) -> str:
+        """A timeline group's key, the first ``key`` characters of a timestamp, is a real time."""
+        clock = "[0-9]{2}:[0-9]{2}" + (":[0-9]{2}" if key == KEY_SECOND else "")
+        return (
+            f"{col} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} {clock}$'"
+            f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
+            f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
+            f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
+            + (f" AND substr({col}, 18, 1) <= '5'" if key == KEY_SECOND else "")
+            + f" AND {col} NOT LIKE '0000%' AND {self.real_day(col)}"
+        )
+
     def top_people_sql(self, b: Builder) -> str:
         f = b.q.field
         value = b.value(f)
         where = b.where(b.valid(f), self.nonempty("person_name"))
-        # WITH TIES keeps every row equal to the last candidate: one scan, exact top 10.
-        return f"""SELECT person_name, MAX(value) AS value
-FROM (
-  SELECT person_name, {value} AS value FROM {self.table}
-  WHERE {where}
-  ORDER BY {value} DESC
-  FETCH FIRST {CANDIDATES} ROWS WITH TIES) AS candidates
+        # Every person's best, hashed in one pass the server splits between its workers.
+        return f"""SELECT person_name, MAX({value}) AS value
+FROM {self.table}
+WHERE {where}
 GROUP BY person_name
 ORDER BY value DESC, person_name COLLATE "C"
 LIMIT {TOP}"""
 
+    ranks_everyone = True
+
     def quartiles_sql(self, value: str, where: str) -> str:
-        return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
+        if value not in FEW_VALUES:
+            return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
   AVG({{number}}) AS mean,
   percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY {{number}}) AS quartiles
 FROM {self.table} WHERE {where}"""
+        # A field of few distinct values: counting each is a hash in one parallel pass, where
+        # the exact percentiles sort every row.
+        return super().quartiles_sql(value, where).replace("AS REAL", "AS NUMERIC")
+
+    def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
+        if value not in FEW_VALUES:
+            return super().histogram_sql(value, where, bins, inner)
+        # The bins from each distinct value's count: one pass over the table, not two.
+        index = f"((CAST(v AS BIGINT) - r.lo) * {bins}) / (CAST(r.hi AS BIGINT) - r.lo)"
+        return f"""WITH g AS MATERIALIZED (
+  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY 1),
+r AS MATERIALIZED (SELECT MIN(v) AS lo, MAX(v) AS hi FROM g)
+SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
+  SUM(c) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
+FROM g, r
+GROUP BY 1
+ORDER BY 1"""
 
 
 class AthenaDialect(Dialect):
@@ -659,7 +740,7 @@ class AthenaDialect(Dialect):
     columns it needs, once where one statement can, with the time window in its WHERE clause
     so that a table partitioned by time scans only the partitions it needs."""
 
-    skips_from_timeline = False
+    summary_from_panels = False
 
     name = "athena"
     double = "DOUBLE"
@@ -1142,7 +1223,7 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
     row = rows.iloc[0].to_dict()
     out: dict[str, Any] = {
         "rows": int(row["rows"] or 0),
-        "users": int(row["users"] or 0),
+        "users": None if row["users"] is None else int(row["users"]),
         "newest": _time(row["newest"]),
         "last_5_minutes": int(row["last_5_minutes"] or 0),
         "version": None if row.get("version") is None else str(row["version"]),
@@ -1155,12 +1236,21 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
     return out
 
 
-def complete_summary(summary: dict[str, Any], timeline: pd.DataFrame) -> dict[str, Any]:
-    """Fill in the rows the timeline skipped: the rows in the window that it did not count."""
+def complete_summary(
+    summary: dict[str, Any], timeline: pd.DataFrame, age_groups: pd.DataFrame
+) -> dict[str, Any]:
+    """Fill in what the summary left to other panels: the rows the timeline skipped (the rows in
+    the window that it did not count) and the distinct users (each is in one age group)."""
     if summary["skipped"]["timeline"] is None:
         used = int(timeline["sessions"].sum()) if len(timeline) else 0
         summary["skipped"]["timeline"] = summary["rows"] - used
+    if summary["users"] is None:
+        summary["users"] = int(age_groups["users"].sum())
     return summary
+
+
+# The panels the summary may be completed from (complete_summary).
+_SUMMARY_NEEDS = ("timeline", "age_groups")
 
 
 # ---------------------------------------------------------------- the registry
@@ -1203,8 +1293,9 @@ def run(
     :param meter: adds up the queries sent and the bytes the source scanned for them.
     """
     result = _run(conn, source, name, q, meter)
-    if name == "summary" and result["skipped"]["timeline"] is None:
-        complete_summary(result, _run(conn, source, "timeline", q, meter))
+    if name == "summary" and dialect_for(source).summary_from_panels:
+        needed = {n: _run(conn, source, n, q, meter) for n in _SUMMARY_NEEDS}
+        complete_summary(result, needed["timeline"], needed["age_groups"])
     return result
 
 
@@ -1214,7 +1305,7 @@ def _run(conn: sa.Connection, source: Source, name: str, q: Query, meter: Meter 
     panel = PANELS[name]
     stmt = panel.build(Builder(dialect_for(source), q))
     rows = _fetch(conn, stmt, meter)
-    if name == "top_people" and len(rows) < TOP:
+    if name == "top_people" and len(rows) < TOP and not dialect_for(source).ranks_everyone:
         # Fewer than ten people among the top rows: rank everyone (small or odd tables only).
         full = Builder(dialect_for(source), q)
         f = q.field
@@ -1264,11 +1355,10 @@ def compute(
 ) -> dict[str, Any]:
     """Run every panel (or those named) on one connection and return their results."""
     wanted = list(names or PANELS)
-    if "summary" in wanted and "timeline" in wanted:  # the timeline first: the summary uses it
-        timeline = _run(conn, source, "timeline", q, None)
-        results = {n: _run(conn, source, n, q, None) for n in wanted if n != "timeline"}
-        complete_summary(results["summary"], timeline)
-        return {n: timeline if n == "timeline" else results[n] for n in wanted}
+    if "summary" in wanted and all(n in wanted for n in _SUMMARY_NEEDS):
+        results = {n: _run(conn, source, n, q, None) for n in wanted}
+        complete_summary(results["summary"], results["timeline"], results["age_groups"])
+        return results
     return {name: run(conn, source, name, q) for name in wanted}
 
 
@@ -1306,5 +1396,5 @@ def compute_all(
         with ThreadPoolExecutor(workers, thread_name_prefix="drivendata-panel") as pool:
             futures = {name: pool.submit(one, name) for name in names}
             results = {name: futures[name].result() for name in PANELS}
-    complete_summary(results["summary"], results["timeline"])
+    complete_summary(results["summary"], results["timeline"], results["age_groups"])
     return results

@@ -49,6 +49,7 @@ from drivendata.database import (
 from drivendata.panels import (
     FIELDS,
     PANELS,
+    TS_FORMAT,
     WINDOWS,
     Builder,
     Query,
@@ -265,6 +266,15 @@ def other_formats(t: datetime) -> list[str]:
         "2026-11-00 10:00:00",
         "2026-11-28 10:00:00.",
         "2026-11-28 10:00:0012345",
+        # one wrong character after the minute: PostgreSQL's timeline checks the clock up to
+        # the minute once per group of rows, and each row's seconds and fraction on their own
+        "2026-11-28 10:00:5x",
+        "2026-11-28 10:00:-5",
+        "2026-11-28 10:00:00.12a",
+        "2026-11-28 10:00:00.1.2",
+        "2026-11-28 10:00:00:12",
+        "2026-11-28 10:00:00.١٢",
+        "2026-11-28 10:0x:00",
         "٢٠٢٦-١١-٢٨ ١٠:٠٠:٠٠",  # Arabic-Indic digits: digits, but not ASCII ones
         "２０２６-１１-２８ １０:００:００",
     ]
@@ -575,6 +585,56 @@ def test_impossible_calendar_days_are_skipped_not_fatal(store: Store, stamp: str
         check_bounds(out, q)
         assert out["summary"]["skipped"]["timeline"] == 1  # not a time there is
         assert out["timeline"].empty and out["summary"]["newest"] is None
+
+
+def near_misses(minute: str) -> list[str]:
+    """Texts that share a valid minute's first 16 characters but are no time."""
+    return [
+        minute + tail
+        for tail in (
+            ":5x",
+            ":-5",
+            ":60",
+            ":6",
+            ":00.",
+            ":00.12a",
+            ":00.1.2",
+            ":00:12",
+            ":00.1234567",
+            ":00.١٢",
+            ":٠٠",
+            ":00 ",
+            ":0٠.5",
+        )
+    ]
+
+
+@pytest.mark.parametrize("window", ["all", "1h"])
+def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> None:
+    """PostgreSQL's timeline checks a row's text up to the minute once for all the rows of that
+    minute (or up to the second in a short window), and the rest of it row by row: a row of a
+    valid minute whose seconds or fraction are wrong is still left out, and counted."""
+    good = dict.fromkeys(COLUMN_NAMES)
+    at = NOW - timedelta(minutes=3)
+    good.update(person_name="Ana", user_name="ana", accessed_at=at.strftime(TS_FORMAT))
+    good.update(dict.fromkeys(NUMBERS, 5))
+    misses = near_misses(at.strftime("%Y-%m-%d %H:%M"))
+    misses += [at.strftime("%Y-%m-%d %H:%M:%S") + tail for tail in ("x", ".x", ".12a")]
+    bad = [dict(good, accessed_at=text, upload_speed=999) for text in misses]
+    store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in [good, *bad]])
+    for field in ("accessed_at", "upload_speed"):
+        q = Query(field=field, window=window, now=NOW)
+        with store.read.connect() as conn:
+            out = compute(conn, store.source, q)
+        check_bounds(out, q)
+        timeline = out["timeline"]
+        assert timeline["sessions"].sum() == 1, timeline
+        # a window holds only rows whose time is valid: there they are not even in it
+        in_window = len(bad) if window == "all" else 0
+        assert out["summary"]["rows"] == 1 + in_window
+        assert out["summary"]["skipped"]["timeline"] == in_window
+        if field == "upload_speed":
+            assert timeline["max"].max() == 5
 
 
 def test_leap_days_of_leap_years_are_times(store: Store) -> None:
