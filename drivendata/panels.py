@@ -165,6 +165,11 @@ class Query:
         return None if span is None else self.now - span
 
 
+def two_digits(count: int, suffix: str = "") -> str:
+    """The SQL list '00', '01', ... of the first ``count`` whole numbers as two digits."""
+    return ", ".join(f"'{n:02d}{suffix}'" for n in range(count))
+
+
 def stamp(value: datetime) -> str:
     """Format a time the way the table stores it."""
     return value.strftime(TS_FORMAT)
@@ -313,36 +318,19 @@ ORDER BY 1"""
     summary_from_panels = True
 
     def summary_sql(self, b: Builder) -> str:
-        # Grouping by the checks' outcomes makes each check once per row, in a scan the server
-        # may split between its workers; at most 16 groups are then summed. The newest row is
-        # the latest that a cheap check lets through when it is valid (checked in full only
-        # when not); the last five minutes' rows are few, and checked in full.
-        at = self.text("accessed_at")
-        flags = {k: v for k, v in row_checks(b).items() if k != "ok_at"}
-        keys = ",\n    ".join(f"{sql} AS {name}" for name, sql in flags.items())
+        # The rows of the window and, among them, those each panel cannot use: one pass of
+        # cheap checks. The rest is left to panels that find it anyway (complete_summary).
         needs = {k: v for k, v in needs_flags(b).items() if k != "timeline"}
+        checks = row_checks(b)
         skipped = ",\n  ".join(
-            f"SUM(CASE WHEN {' AND '.join(terms)} THEN 0 ELSE n END) AS skipped_{name}"
+            f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in terms)}) IS NOT TRUE)"
+            f" AS skipped_{name}"
             for name, terms in needs.items()
         )
-        valid_at = b.valid("accessed_at")
-        return f"""SELECT rows, NULL AS users,
-  CASE WHEN newest IS NULL OR {self.valid_timestamp("newest")} THEN newest
-    ELSE (SELECT MAX({at}) FROM {self.table} WHERE {b.where(valid_at)}) END AS newest,
-  last_5_minutes, {", ".join(f"skipped_{n}" for n in needs)}
-FROM (
-SELECT SUM(n) AS rows,
-  MAX(newest) AS newest,
-  SUM(recent) AS last_5_minutes,
+        return f"""SELECT COUNT(*) AS rows, NULL AS users, NULL AS newest, NULL AS last_5_minutes,
   {skipped}
-FROM (
-  SELECT {keys},
-    COUNT(*) AS n,
-    MAX(CASE WHEN {self.rough_timestamp("accessed_at")} THEN {at} END) AS newest,
-    SUM(CASE WHEN {at} >= :recent AND {valid_at} THEN 1 ELSE 0 END) AS recent
-  FROM {self.table}
-  WHERE {b.where()}
-  GROUP BY {", ".join(str(i + 1) for i in range(len(flags)))}) AS checked) AS totals"""
+FROM {self.table}
+WHERE {b.where()}"""
 
     def age_groups_sql(self, b: Builder, group: str) -> str:
         # A user's birth date is the latest well-formed, past one among their rows.
@@ -592,6 +580,10 @@ class PostgresDialect(Dialect):
             f" AND {self.real_day(col)})"
         )
 
+    def nonempty(self, col: str) -> str:
+        # (not length(): the planner estimates this from the column's statistics)
+        return f"{col} <> ''"
+
     def valid_date(self, col: str) -> str:
         return (
             f"({col} LIKE '____-__-__' AND translate({col}, '0123456789', '') = '--'"
@@ -616,26 +608,37 @@ class PostgresDialect(Dialect):
         # rest of the panel. The span, from the valid groups' first and last rows, picks the
         # bucket width; the groups add up into buckets of it. Buckets finer than a minute
         # (a span of hours) come from a second pass by the second, made only then.
+        # The same pass finds the summary's newest row and its rows of the last five minutes
+        # (see complete_summary): a last row, of no bucket, holds them.
+        at = self.text("accessed_at")
         span = WINDOWS[b.q.window]
         seconds_key = span is not None and span <= SECOND_KEYS_WITHIN
         levels = [KEY_SECOND] if seconds_key else [KEY_MINUTE, KEY_SECOND]
-        vals = (
-            "NULL::bigint AS lo_v, NULL::numeric AS sum_v, NULL::bigint AS hi_v"
-            if value is None
-            else f"MIN({value}) AS lo_v, SUM({value}) AS sum_v, MAX({value}) AS hi_v"
-        )
+        if value is None:
+            vals = (
+                "COUNT(*) AS n, NULL::bigint AS lo_v, NULL::numeric AS sum_v, NULL::bigint AS hi_v"
+            )
+            ends = f"MIN({at}) AS first, MAX({at}) AS last"
+        else:
+            used = f"FILTER (WHERE {b.valid(value)})"
+            vals = (
+                f"COUNT({value}) AS n, MIN({value}) AS lo_v, SUM({value}) AS sum_v,"
+                f" MAX({value}) AS hi_v"
+            )
+            ends = f"MIN({at}) {used} AS first, MAX({at}) {used} AS last"
         ctes = []
         for key in levels:
             gate = "" if key == levels[0] else "(SELECT chars FROM width) > 16\n    AND "
             # (a CTE of its own: a condition on a grouped key would be checked on every row)
             ctes.append(
                 f"""m{key} AS MATERIALIZED (
-  SELECT {self.prefix(self.text("accessed_at"), str(key))} AS key, COUNT(*) AS n, {vals},
-    MIN({self.text("accessed_at")}) AS first, MAX({self.text("accessed_at")}) AS last
+  SELECT {self.prefix(at, str(key))} AS key, {vals},
+    {ends}, MAX({at}) AS newest, COUNT(*) FILTER (WHERE {at} >= :recent) AS recent
   FROM {self.table}
-  WHERE {gate}{self._row_terms(b, key, value)}
+  WHERE {gate}{self._row_terms(b, key)}
   GROUP BY 1),
-g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key("key", key)})"""
+d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
+g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}")})"""
             )
         first = f"g{levels[0]}"
         ctes.insert(
@@ -652,15 +655,20 @@ width AS MATERIALIZED (SELECT {chars} AS chars FROM span)""",
         )
         with_ = ",\n".join(ctes)
         return f"""WITH {with_}
-SELECT substr(key, 1, (SELECT chars FROM width)) AS bucket, SUM(n) AS sessions,
-  MIN(lo_v) AS min, SUM(sum_v) / SUM(n) AS mean, MAX(hi_v) AS max
-FROM ({groups}) AS groups
-GROUP BY 1
-ORDER BY 1"""
+SELECT * FROM (
+  SELECT substr(key, 1, (SELECT chars FROM width)) AS bucket, SUM(n)::bigint AS sessions,
+    MIN(lo_v)::bigint AS min, SUM(sum_v) / SUM(n) AS mean, MAX(hi_v)::bigint AS max,
+    NULL::text AS newest, NULL::bigint AS last_5_minutes
+  FROM ({groups}) AS groups
+  GROUP BY 1
+  HAVING SUM(n) > 0
+  ORDER BY 1) AS buckets
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {first}"""
 
-    def _row_terms(self, b: Builder, key: int, value: str | None) -> str:
-        """What a row must pass besides its key's check: its shape, the clock after the key
-        (seconds and fraction), the window, and the field's value."""
+    def _row_terms(self, b: Builder, key: int) -> str:
+        """What a row's time must pass besides its key's check: its shape, the clock after the
+        key (seconds and fraction) and the window."""
         at = "accessed_at"
         text = self.text(at)
         terms = [f"{text} >= :since"] if b.q.since is not None else []
@@ -669,32 +677,28 @@ ORDER BY 1"""
             f"length({at}) BETWEEN 21 AND 26 AND {self.text(f'substr({at}, 21)')} !~ '[^0-9]'"
         )
         if key == KEY_MINUTE:
-            seconds = ", ".join(f"'{s:02d}'" for s in range(60))
-            dotted = ", ".join(f"'{s:02d}.'" for s in range(60))
             terms.append(
-                f"CASE length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({seconds})\n"
-                f"      ELSE substr({at}, 18, 3) IN ({dotted}) AND {fraction} END"
+                f"CASE length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({two_digits(60)})\n"
+                f"      ELSE substr({at}, 18, 3) IN ({two_digits(60, '.')}) AND {fraction} END"
             )
         else:
             terms.append(
                 f"CASE length({at}) WHEN 19 THEN TRUE\n"
                 f"      ELSE substr({at}, 20, 1) = '.' AND {fraction} END"
             )
-        if value is not None:
-            terms.append(b.valid(value))
         return "\n      AND ".join(terms)
 
-    def valid_key(self, col: str, key: int) -> str:
-        """A timeline group's key, the first ``key`` characters of a timestamp, is a real time."""
-        clock = "[0-9]{2}:[0-9]{2}" + (":[0-9]{2}" if key == KEY_SECOND else "")
-        return (
-            f"{col} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} {clock}$'"
-            f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
-            f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
-            f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
-            + (f" AND substr({col}, 18, 1) <= '5'" if key == KEY_SECOND else "")
-            + f" AND {col} NOT LIKE '0000%' AND {self.real_day(col)}"
+    def valid_key(self, key: int, days: str) -> str:
+        """A timeline group's key, the first ``key`` characters of a timestamp whose separators
+        are in place, is a real time: its day is one of the groups' distinct ``days`` that is
+        real (a few, checked in full), and its clock's parts are two digits in range."""
+        parts = [(12, 24), (15, 60)] + ([(18, 60)] if key == KEY_SECOND else [])
+        clock = " AND ".join(
+            f"substr(key, {start}, 2) IN ({two_digits(count)})" for start, count in parts
         )
+        return f"""substr(key, 1, 10) IN (SELECT day FROM {days}
+    WHERE {self.valid_date("day")} AND day NOT LIKE '0000%' AND {self.real_day("day")})
+  AND {clock}"""
 
     def top_people_sql(self, b: Builder) -> str:
         f = b.q.field
@@ -897,7 +901,10 @@ class Builder:
     def __init__(self, dialect: Dialect, q: Query) -> None:
         self.d = dialect
         self.q = q
-        self.params: dict[str, Any] = {"now": stamp(q.now)}
+        self.params: dict[str, Any] = {
+            "now": stamp(q.now),
+            "recent": stamp(q.now - timedelta(minutes=5)),
+        }
         if q.since is not None:
             self.params["since"] = stamp(q.since)
         self.seek = True
@@ -1004,7 +1011,6 @@ def age_groups_sql(b: Builder) -> Statement:
 
 
 def summary_sql(b: Builder) -> Statement:
-    b.params["recent"] = stamp(b.q.now - timedelta(minutes=5))
     version = version_sql(b.d, b.q.now)
     b.params.update(version.params)
     return b.statement(
@@ -1112,6 +1118,10 @@ def shape_top_people(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def shape_timeline(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    totals = None
+    if "newest" in rows:  # PostgreSQL's last row, of no bucket, is for the summary
+        totals = rows[rows["bucket"].isna()].iloc[0]
+        rows = rows[rows["bucket"].notna()]
     if "stats" in rows:  # SQLite answers each bucket, empty ones too, with a JSON array
         stats = [json.loads(v) for v in rows["stats"]]
         keep = [s[0] > 0 for s in stats]
@@ -1136,6 +1146,9 @@ def shape_timeline(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     if not FIELDS[q.field].is_time:
         for col in ("min", "mean", "max"):
             out[col] = pd.to_numeric(rows[col]).astype("float64")
+    if totals is not None:
+        out.attrs["newest"] = _time(totals["newest"])
+        out.attrs["last_5_minutes"] = int(totals["last_5_minutes"] or 0)
     return out
 
 
@@ -1225,7 +1238,8 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
         "rows": int(row["rows"] or 0),
         "users": None if row["users"] is None else int(row["users"]),
         "newest": _time(row["newest"]),
-        "last_5_minutes": int(row["last_5_minutes"] or 0),
+        # None, with the newest row, where the timeline is to tell (complete_summary)
+        "last_5_minutes": None if row["last_5_minutes"] is None else int(row["last_5_minutes"]),
         "version": None if row.get("version") is None else str(row["version"]),
         # None where the timeline's own count is to tell (complete_summary)
         "skipped": {
@@ -1240,7 +1254,11 @@ def complete_summary(
     summary: dict[str, Any], timeline: pd.DataFrame, age_groups: pd.DataFrame
 ) -> dict[str, Any]:
     """Fill in what the summary left to other panels: the rows the timeline skipped (the rows in
-    the window that it did not count) and the distinct users (each is in one age group)."""
+    the window that it did not count), the newest row and the rows of the last five minutes
+    (which the timeline's pass finds), and the distinct users (each is in one age group)."""
+    if summary["last_5_minutes"] is None:
+        summary["newest"] = timeline.attrs["newest"]
+        summary["last_5_minutes"] = timeline.attrs["last_5_minutes"]
     if summary["skipped"]["timeline"] is None:
         used = int(timeline["sessions"].sum()) if len(timeline) else 0
         summary["skipped"]["timeline"] = summary["rows"] - used
