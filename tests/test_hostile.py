@@ -637,6 +637,27 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
+def test_a_users_latest_well_formed_birth_date_counts(store: Store) -> None:
+    """PostgreSQL takes a user's latest birth date of the right shape and reads the user's rows
+    again only when that one is not a date: a later junk date must not hide an earlier one."""
+    good = dict.fromkeys(COLUMN_NAMES)
+    good.update(person_name="Ana", user_name="ana", accessed_at=NOW.strftime(TS_FORMAT))
+    good.update(dict.fromkeys(NUMBERS, 5))
+    rows = [
+        dict(good, birth_date="1990-01-01"),  # 36 on NOW's day
+        dict(good, birth_date="1999-13-45"),  # later as text, and no date
+        dict(good, user_name="bob", birth_date="2000-1x-01"),  # no date at all: unknown
+        dict(good, user_name="cy", birth_date="2010-05-05"),  # 16
+        dict(good, user_name="cy", birth_date="2010-05-0٥"),
+    ]
+    store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in rows])
+    with store.read.connect() as conn:
+        out = compute(conn, store.source, Query(now=NOW))
+    users = dict(zip(out["age_groups"]["age_group"], out["age_groups"]["users"], strict=True))
+    assert users == {**dict.fromkeys(users, 0), "35-44": 1, "unknown": 1, "under 18": 1}
+    assert out["summary"]["users"] == 3
+
+
 def test_leap_days_of_leap_years_are_times(store: Store) -> None:
     good = dict.fromkeys(COLUMN_NAMES)
     good.update(person_name="Ana", user_name="ana", accessed_at="2024-02-29 10:00:00")
