@@ -244,6 +244,14 @@ class Dialect:
     # Whether top_people_sql ranks every person, or only the people of the top rows.
     ranks_everyone = False
 
+    def values_panels(self, q: Query) -> bool:
+        """Whether the distribution, the histogram and the summary's counts of rows share one
+        statement (values_sql) for this query."""
+        return False
+
+    def values_sql(self, b: Builder) -> str:
+        raise NotImplementedError
+
     def prefix(self, col: str, length: str) -> str:
         return f"substr({col}, 1, {length})"
 
@@ -319,8 +327,13 @@ ORDER BY 1"""
 
     def summary_sql(self, b: Builder) -> str:
         # The rows of the window and, among them, those each panel cannot use: one pass of
-        # cheap checks. The rest is left to panels that find it anyway (complete_summary).
+        # cheap checks. The rest is left to panels that find it anyway (complete_summary); when
+        # the values' pass counts the rows too, all of it is, and this is the data version.
         needs = {k: v for k, v in needs_flags(b).items() if k != "timeline"}
+        if self.values_panels(b.q):
+            names = ["rows", "users", "newest", "last_5_minutes"]
+            names += [f"skipped_{name}" for name in needs]
+            return "SELECT " + ", ".join(f"NULL AS {name}" for name in names)
         checks = row_checks(b)
         skipped = ",\n  ".join(
             f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in terms)}) IS NOT TRUE)"
@@ -673,17 +686,19 @@ SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {firs
         text = self.text(at)
         terms = [f"{text} >= :since"] if b.q.since is not None else []
         terms += [f"{at} LIKE '____-__-__ __:__:__%'", f"{text} <= :now"]
+        # Lengths in bytes, which PostgreSQL keeps (length() counts characters, reading the
+        # text): a character of more than one byte is no digit, and the checks refuse it.
         fraction = (
-            f"length({at}) BETWEEN 21 AND 26 AND {self.text(f'substr({at}, 21)')} !~ '[^0-9]'"
+            f"octet_length({at}) BETWEEN 21 AND 26 AND {self.text(f'substr({at}, 21)')} !~ '[^0-9]'"
         )
         if key == KEY_MINUTE:
             terms.append(
-                f"CASE length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({two_digits(60)})\n"
-                f"      ELSE substr({at}, 18, 3) IN ({two_digits(60, '.')}) AND {fraction} END"
+                f"CASE octet_length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({two_digits(60)})"
+                f"\n      ELSE substr({at}, 18, 3) IN ({two_digits(60, '.')}) AND {fraction} END"
             )
         else:
             terms.append(
-                f"CASE length({at}) WHEN 19 THEN TRUE\n"
+                f"CASE octet_length({at}) WHEN 19 THEN TRUE\n"
                 f"      ELSE substr({at}, 20, 1) = '.' AND {fraction} END"
             )
         return "\n      AND ".join(terms)
@@ -744,28 +759,60 @@ FROM (
 GROUP BY 1"""
 
     def quartiles_sql(self, value: str, where: str) -> str:
-        if value not in FEW_VALUES:
-            return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
+        return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
   AVG({{number}}) AS mean,
   percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY {{number}}) AS quartiles
 FROM {self.table} WHERE {where}"""
-        # A field of few distinct values: counting each is a hash in one parallel pass, where
-        # the exact percentiles sort every row.
-        return super().quartiles_sql(value, where).replace("AS REAL", "AS NUMERIC")
 
-    def histogram_sql(self, value: str, where: str, bins: int, inner: str) -> str:
-        if value not in FEW_VALUES:
-            return super().histogram_sql(value, where, bins, inner)
-        # The bins from each distinct value's count: one pass over the table, not two.
-        index = f"((CAST(v AS BIGINT) - r.lo) * {bins}) / (CAST(r.hi AS BIGINT) - r.lo)"
-        return f"""WITH g AS MATERIALIZED (
-  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY 1),
-r AS MATERIALIZED (SELECT MIN(v) AS lo, MAX(v) AS hi FROM g)
-SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
-  SUM(c) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
-FROM g, r
-GROUP BY 1
-ORDER BY 1"""
+    def values_panels(self, q: Query) -> bool:
+        return q.field in FEW_VALUES
+
+    def values_sql(self, b: Builder) -> str:
+        # A field of few distinct values: one hashed pass counts each value (and the rows the
+        # other panels cannot use); the quartiles come from the running totals of those counts
+        # and the bins from adding them up, where exact percentiles would sort every row.
+        f = b.q.field
+        checks = row_checks(b)
+        needs = needs_flags(b)
+        others = ("top_traffic", "top_people", "age_groups")
+        skips = ",\n    ".join(
+            f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in needs[name])}) IS NOT TRUE)"
+            f" AS skipped_{name}"
+            for name in others
+        )
+        picks = ",\n    ".join(
+            f"(SELECT MIN(v) FROM c WHERE upto > {self.floor(f'(n - 1) * {p}')} + {k})"
+            f" AS {name}_{'hi' if k else 'lo'}"
+            for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
+            for k in (0, 1)
+        )
+        bins = b.q.bins
+        index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
+        totals = ", ".join(f"SUM(skipped_{name}) AS skipped_{name}" for name in others)
+        return f"""WITH counted AS MATERIALIZED (
+  SELECT {f} AS v, COUNT(*) AS c,
+    {skips}
+  FROM {self.table}
+  WHERE {b.where()}
+  GROUP BY 1),
+g AS MATERIALIZED (SELECT v, c FROM counted WHERE v IS NOT NULL),
+c AS MATERIALIZED (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
+s AS MATERIALIZED (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
+  SUM(CAST(v AS NUMERIC) * c) / SUM(c) AS mean FROM g),
+stats AS MATERIALIZED (SELECT n, min, max, mean,
+    {picks}
+  FROM s),
+totals AS MATERIALIZED (SELECT SUM(c) AS rows,
+  COALESCE(SUM(c) FILTER (WHERE v IS NULL), 0) AS skipped_values, {totals}
+  FROM counted),
+bins AS MATERIALIZED (
+  SELECT CASE WHEN s.max = s.min THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
+    SUM(c) AS count
+  FROM g, s
+  GROUP BY 1)
+SELECT bins.bin, bins.count, stats.min AS lo, stats.max AS hi, stats.*, totals.*
+FROM stats CROSS JOIN totals LEFT JOIN bins ON TRUE
+ORDER BY bins.bin"""
 
 
 class AthenaDialect(Dialect):
@@ -1005,6 +1052,8 @@ def timeline_sql(b: Builder) -> Statement:
 
 
 def distribution_sql(b: Builder) -> Statement:
+    if b.d.values_panels(b.q):
+        return b.statement(b.d.values_sql(b))
     f = b.q.field
     sql = b.d.quartiles_sql(b.value(f), b.where(b.valid(f)))
     number_v = b.d.seconds("v") if FIELDS[f].is_time else "v"
@@ -1012,6 +1061,8 @@ def distribution_sql(b: Builder) -> Statement:
 
 
 def histogram_sql(b: Builder) -> Statement:
+    if b.d.values_panels(b.q):
+        return b.statement(b.d.values_sql(b))
     f = b.q.field
     where = b.where(b.valid(f))
     if FIELDS[f].is_time:
@@ -1234,6 +1285,24 @@ def _interpolate(lo: Any, hi: Any, position: float, time: bool) -> float:
 
 
 def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    counted = None
+    if "skipped_values" in rows:  # the values' pass (values_sql): its counts are the summary's
+        first = rows.iloc[0]
+        unusable = int(first["skipped_values"])  # a value that is NULL
+        others = ("top_traffic", "top_people", "age_groups")
+        counted = {
+            "rows": int(first["rows"] or 0),
+            "skipped": {"distribution": unusable, "histogram": unusable}
+            | {name: int(first[f"skipped_{name}"] or 0) for name in others},
+        }
+        rows = rows[rows["bin"].notna()]
+    frame = _histogram_frame(rows, q)
+    if counted is not None:
+        frame.attrs["summary"] = counted
+    return frame
+
+
+def _histogram_frame(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     counts = {int(b): int(c) for b, c in zip(rows["bin"], rows["count"], strict=True)}
     if not counts:
         return pd.DataFrame({"lo": [], "hi": [], "count": []})
@@ -1264,15 +1333,14 @@ def shape_age_groups(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
     row = rows.iloc[0].to_dict()
     out: dict[str, Any] = {
-        "rows": int(row["rows"] or 0),
+        # None where other panels are to tell (complete_summary)
+        "rows": None if row["rows"] is None else int(row["rows"]),
         "users": None if row["users"] is None else int(row["users"]),
         "newest": _time(row["newest"]),
-        # None, with the newest row, where the timeline is to tell (complete_summary)
         "last_5_minutes": None if row["last_5_minutes"] is None else int(row["last_5_minutes"]),
         "version": None if row.get("version") is None else str(row["version"]),
-        # None where the timeline's own count is to tell (complete_summary)
         "skipped": {
-            name: int(row[f"skipped_{name}"] or 0) if f"skipped_{name}" in row else None
+            name: None if row.get(f"skipped_{name}") is None else int(row[f"skipped_{name}"])
             for name in FIGURE_PANELS
         },
     }
@@ -1280,11 +1348,21 @@ def shape_summary(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
 
 
 def complete_summary(
-    summary: dict[str, Any], timeline: pd.DataFrame, age_groups: pd.DataFrame
+    summary: dict[str, Any],
+    timeline: pd.DataFrame,
+    age_groups: pd.DataFrame,
+    histogram: pd.DataFrame,
 ) -> dict[str, Any]:
-    """Fill in what the summary left to other panels: the rows the timeline skipped (the rows in
-    the window that it did not count), the newest row and the rows of the last five minutes
+    """Fill in what the summary left to other panels (None): the rows of the window and those
+    each panel skipped (which the values' pass counts), the rows the timeline skipped (the rows
+    in the window that it did not count), the newest row and the rows of the last five minutes
     (which the timeline's pass finds), and the distinct users (each is in one age group)."""
+    counted = histogram.attrs.get("summary", {})
+    if summary["rows"] is None:
+        summary["rows"] = counted["rows"]
+    for name, value in counted.get("skipped", {}).items():
+        if summary["skipped"][name] is None:
+            summary["skipped"][name] = value
     if summary["last_5_minutes"] is None:
         summary["newest"] = timeline.attrs["newest"]
         summary["last_5_minutes"] = timeline.attrs["last_5_minutes"]
@@ -1297,7 +1375,7 @@ def complete_summary(
 
 
 # The panels the summary may be completed from (complete_summary).
-_SUMMARY_NEEDS = ("timeline", "age_groups")
+_SUMMARY_NEEDS = ("timeline", "age_groups", "histogram")
 
 
 # ---------------------------------------------------------------- the registry
@@ -1342,25 +1420,46 @@ def run(
     result = _run(conn, source, name, q, meter)
     if name == "summary" and dialect_for(source).summary_from_panels:
         needed = {n: _run(conn, source, n, q, meter) for n in _SUMMARY_NEEDS}
-        complete_summary(result, needed["timeline"], needed["age_groups"])
+        complete_summary(result, *(needed[n] for n in _SUMMARY_NEEDS))
     return result
 
 
 def _run(conn: sa.Connection, source: Source, name: str, q: Query, meter: Meter | None) -> Any:
-    if not isinstance(name, str) or name not in PANELS:
-        raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
-    panel = PANELS[name]
-    stmt = panel.build(Builder(dialect_for(source), q))
-    rows = _fetch(conn, stmt, meter)
-    if name == "top_people" and len(rows) < TOP and not dialect_for(source).ranks_everyone:
-        # Fewer than ten people among the top rows: rank everyone (small or odd tables only).
-        full = Builder(dialect_for(source), q)
-        f = q.field
-        where = full.where(full.valid(f), full.d.nonempty("person_name"))
-        sql = f"""SELECT person_name, MAX({full.value(f)}) AS value FROM {full.d.table}
-WHERE {where} GROUP BY person_name ORDER BY value DESC, {full.d.text("person_name")} LIMIT {TOP}"""
-        rows = _fetch(conn, full.statement(sql), meter)
-    return panel.shape(rows, q)
+    return _run_shared(conn, source, [name], q, meter)[name]
+
+
+def _run_shared(
+    conn: sa.Connection, source: Source, names: list[str], q: Query, meter: Meter | None
+) -> dict[str, Any]:
+    """Run the statement the named panels share once, and shape each one's result from it."""
+    for name in names:
+        if not isinstance(name, str) or name not in PANELS:
+            raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
+    d = dialect_for(source)
+    rows = _fetch(conn, PANELS[names[0]].build(Builder(d, q)), meter)
+    results = {}
+    for name in names:
+        mine = rows
+        if name == "top_people" and len(rows) < TOP and not d.ranks_everyone:
+            # Fewer than ten people among the top rows: rank everyone (small or odd tables).
+            full = Builder(d, q)
+            f = q.field
+            where = full.where(full.valid(f), d.nonempty("person_name"))
+            sql = f"""SELECT person_name, MAX({full.value(f)}) AS value FROM {d.table}
+WHERE {where} GROUP BY person_name ORDER BY value DESC, {d.text("person_name")} LIMIT {TOP}"""
+            mine = _fetch(conn, full.statement(sql), meter)
+        results[name] = PANELS[name].shape(mine, q)
+    return results
+
+
+def _sharing(source: Source, q: Query, wanted: list[str]) -> list[list[str]]:
+    """The wanted panels grouped by the statement they run, so that a shared one runs once."""
+    built = statements(source, q)
+    groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[str]] = {}
+    for name in wanted:
+        stmt = built[name]
+        groups.setdefault((stmt.sql, tuple(sorted(stmt.params.items()))), []).append(name)
+    return list(groups.values())
 
 
 @dataclass
@@ -1403,9 +1502,11 @@ def compute(
     """Run every panel (or those named) on one connection and return their results."""
     wanted = list(names or PANELS)
     if "summary" in wanted and all(n in wanted for n in _SUMMARY_NEEDS):
-        results = {n: _run(conn, source, n, q, None) for n in wanted}
-        complete_summary(results["summary"], results["timeline"], results["age_groups"])
-        return results
+        results: dict[str, Any] = {}
+        for group in _sharing(source, q, wanted):
+            results.update(_run_shared(conn, source, group, q, None))
+        complete_summary(results["summary"], *(results[n] for n in _SUMMARY_NEEDS))
+        return {name: results[name] for name in wanted}
     return {name: run(conn, source, name, q) for name in wanted}
 
 
@@ -1431,17 +1532,23 @@ def compute_all(
     """
     if workers is None:
         workers = len(PANELS) if source.kind == "athena" else 2
-    names = sorted(PANELS, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
+    groups = sorted(
+        _sharing(source, q, list(PANELS)),
+        key=lambda g: min(_ORDER.index(n) if n in _ORDER else len(_ORDER) for n in g),
+    )
 
-    def one(name: str) -> Any:
+    def one(group: list[str]) -> dict[str, Any]:
         with engine.connect() as conn:
-            return _run(conn, source, name, q, meter)
+            return _run_shared(conn, source, group, q, meter)
 
+    results: dict[str, Any] = {}
     if workers <= 1:
-        results = {name: one(name) for name in PANELS}
+        for group in groups:
+            results.update(one(group))
     else:
         with ThreadPoolExecutor(workers, thread_name_prefix="drivendata-panel") as pool:
-            futures = {name: pool.submit(one, name) for name in names}
-            results = {name: futures[name].result() for name in PANELS}
-    complete_summary(results["summary"], results["timeline"], results["age_groups"])
+            for future in [pool.submit(one, group) for group in groups]:
+                results.update(future.result())
+    results = {name: results[name] for name in PANELS}
+    complete_summary(results["summary"], *(results[n] for n in _SUMMARY_NEEDS))
     return results
