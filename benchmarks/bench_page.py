@@ -1,9 +1,19 @@
 """Benchmark the live page: first paint, control change to all panels updated, kernel memory.
 
-Starts ``drivendata serve`` on a free port against a seeded SQLite store, cold (no preheated
-kernel) and with one preheated kernel, and drives headless Chromium. Prints a table.
+Starts ``drivendata serve`` on a free port against a seeded SQLite store and drives headless
+Chromium. Each start (``--starts``) measures, per table size:
 
-Example: python benchmarks/bench_page.py --rows 100000 --rows 1000000 --loads 3
+- **cold**: no preheated kernel, ``--loads`` page loads;
+- **first visitor**: the first page load after a server with one preheated kernel starts, once
+  ``/healthz`` reports that kernel preheated;
+- **preheated**: the later loads on that server (each once the pool has refilled);
+- **early visitor** (``--early``): the first page load on a fresh preheating server as soon as
+  ``/healthz`` answers at all, preheated kernel or not.
+
+Prints a table: first paint, when the page's HTML had all arrived (``html``), control change,
+kernel memory; median (min-max) over every load of the case.
+
+Example: python benchmarks/bench_page.py --rows 1000000 --loads 3 --starts 3 --early
 """
 
 from __future__ import annotations
@@ -63,7 +73,9 @@ def health(url: str) -> dict[str, Any]:
 
 
 @contextmanager
-def server(db_url: str, preheat: int) -> Iterator[tuple[str, psutil.Process]]:
+def server(
+    db_url: str, preheat: int, *, wait_preheated: bool = True
+) -> Iterator[tuple[str, psutil.Process]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,7 +99,10 @@ def server(db_url: str, preheat: int) -> Iterator[tuple[str, psutil.Process]]:
             log.seek(0)
             raise RuntimeError(f"The server died:\n{log.read().decode()}")
         try:
-            return bool(health(url)) and (preheat == 0 or health(url)["preheated"] >= preheat)
+            answer = health(url)
+            return bool(answer) and (
+                preheat == 0 or not wait_preheated or answer["preheated"] >= preheat
+            )
         except OSError:
             return False
 
@@ -111,14 +126,17 @@ def kernel_rss(server_proc: psutil.Process, kernel_id: str) -> float:
     return float("nan")
 
 
-def measure(url: str, server_proc: psutil.Process, browser: Any, preheat: int) -> dict[str, float]:
-    if preheat:
+def measure(
+    url: str, server_proc: psutil.Process, browser: Any, preheat: int, *, wait: bool = True
+) -> dict[str, float]:
+    if preheat and wait:
         wait_for(lambda: health(url)["preheated"] >= preheat, 120)  # the pool refilled
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     began = time.monotonic()
     page.goto(url, wait_until="commit")
     page.wait_for_function(DRAWN, timeout=180_000, polling=50)
     first_paint = time.monotonic() - began
+    html = page.evaluate("() => performance.getEntriesByType('navigation')[0].responseEnd") / 1000
     kernel_id = page.evaluate(KERNEL_ID)
 
     before = page.evaluate(TITLES)
@@ -136,7 +154,7 @@ def measure(url: str, server_proc: psutil.Process, browser: Any, preheat: int) -
     rss = kernel_rss(server_proc, kernel_id)
     page.close(run_before_unload=True)
     assert before[1].endswith("Upload speed"), before
-    return {"first_paint": first_paint, "control": control, "rss": rss}
+    return {"first_paint": first_paint, "html": html, "control": control, "rss": rss}
 
 
 def ensure_store(rows: int, folder: Path) -> str:
@@ -148,11 +166,26 @@ def ensure_store(rows: int, folder: Path) -> str:
     return url
 
 
+KEYS = ("first_paint", "html", "control", "rss")
+
+
 @click.command()
 @click.option(
     "--rows", "sizes", type=int, multiple=True, default=(100_000, 1_000_000), show_default=True
 )
-@click.option("--loads", type=int, default=3, show_default=True, help="Page loads per case.")
+@click.option("--loads", type=int, default=3, show_default=True, help="Page loads per start.")
+@click.option(
+    "--starts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server starts per case; each gives one first visitor.",
+)
+@click.option(
+    "--early",
+    is_flag=True,
+    help="Also measure a visitor who arrives as soon as /healthz answers after a start.",
+)
 @click.option(
     "--folder",
     type=click.Path(file_okay=False, path_type=Path),
@@ -160,39 +193,55 @@ def ensure_store(rows: int, folder: Path) -> str:
     show_default=True,
     help="Where the seeded stores are kept between runs.",
 )
-def main(sizes: tuple[int, ...], loads: int, folder: Path) -> None:
-    """Measure the page at each table size, cold and with a preheated kernel."""
+def main(sizes: tuple[int, ...], loads: int, starts: int, early: bool, folder: Path) -> None:
+    """Measure the page at each table size: cold, first visitor, preheated (and early)."""
     results: list[dict[str, Any]] = []
+    modes = ("cold", "first visitor", "preheated", *(("early visitor",) if early else ()))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         for rows in sizes:
             db_url = ensure_store(rows, folder)
-            for preheat in (0, 1):
-                with server(db_url, preheat) as (url, proc):
-                    runs = [measure(url, proc, browser, preheat) for _ in range(loads)]
-                row = {
-                    "rows": rows,
-                    "mode": "preheated" if preheat else "cold",
-                    **{k: [r[k] for r in runs] for k in ("first_paint", "control", "rss")},
-                }
-                results.append(row)
-                click.echo(json.dumps(row), err=True)
+            runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+            for _ in range(starts):
+                with server(db_url, 0) as (url, proc):
+                    runs["cold"] += [measure(url, proc, browser, 0) for _ in range(loads)]
+                with server(db_url, 1) as (url, proc):
+                    loaded = [measure(url, proc, browser, 1) for _ in range(loads)]
+                runs["first visitor"].append(loaded[0])
+                runs["preheated"] += loaded[1:]
+                if early:
+                    with server(db_url, 1, wait_preheated=False) as (url, proc):
+                        runs["early visitor"].append(measure(url, proc, browser, 1, wait=False))
+                click.echo(json.dumps({"rows": rows, **runs}), err=True)
+            for mode in modes:
+                if runs[mode]:
+                    results.append(
+                        {
+                            "rows": rows,
+                            "mode": mode,
+                            **{k: [r[k] for r in runs[mode]] for k in KEYS},
+                        }
+                    )
         browser.close()
 
     cpu = os.cpu_count()
     load = os.getloadavg()[0]
-    click.echo(f"\n{cpu} CPUs, load average {load:.1f} at the end; median (min-max) of {loads}.")
     click.echo(
-        f"{'rows':>10}  {'kernels':<10} {'first paint s':>20} {'control change s':>20} "
-        f"{'kernel RSS MB':>14}"
+        f"\n{cpu} CPUs, load average {load:.1f} at the end; median (min-max) over n loads; "
+        f"{starts} start(s) of the server per case."
     )
+    click.echo(
+        f"{'rows':>10}  {'case':<14} {'n':>2} {'first paint s':>20} {'html s':>20} "
+        f"{'control change s':>20} {'kernel RSS MB':>14}"
+    )
+
+    def spread(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
     for r in results:
-
-        def spread(xs: list[float]) -> str:
-            return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
-
         click.echo(
-            f"{r['rows']:>10,}  {r['mode']:<10} {spread(r['first_paint']):>20} "
+            f"{r['rows']:>10,}  {r['mode']:<14} {len(r['first_paint']):>2} "
+            f"{spread(r['first_paint']):>20} {spread(r['html']):>20} "
             f"{spread(r['control']):>20} {statistics.median(r['rss']):>14.0f}"
         )
 

@@ -296,13 +296,26 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._alone_since[kernel_id] = time.monotonic()
 
     def pooled_kernel_ids(self) -> set[str]:
-        """Return the kernels waiting in Voilà's preheated pool (none without preheat)."""
-        ids = set()
+        """Return the kernels waiting in Voilà's preheated pool (none without preheat), whether
+        or not they have run the notebook yet."""
+        return {content["kernel_id"] for content in self._pooled()}
+
+    def preheated_kernel_ids(self) -> set[str]:
+        """Return the pooled kernels that have run the notebook: a page given one is sent at
+        once. A pooled kernel joins the pool as soon as its process is launched, seconds
+        before it has started and run the notebook; a page given it meanwhile waits for that.
+        """
+        return {
+            content["kernel_id"]
+            for content in self._pooled()
+            if _succeeded(content.get("task"))  # Voilà's task rendering the notebook
+        }
+
+    def _pooled(self) -> Iterator[dict[str, Any]]:
         for pool in getattr(self, "_pools", {}).values():
             for task in pool:
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    ids.add(task.result()["kernel_id"])
-        return ids
+                if _succeeded(task):
+                    yield task.result()
 
     def admit(self) -> Admission:
         """Count a page let past the cap until it has a kernel (or its request ends).
@@ -369,6 +382,16 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         if self._checker is not None:
             self._checker.stop()
         await super().shutdown_all(*args, **kwargs)
+
+
+def _succeeded(task: Any) -> bool:
+    """Return whether an asyncio task (or future) has ended with a result."""
+    return (
+        isinstance(task, asyncio.Future)
+        and task.done()
+        and not task.cancelled()
+        and task.exception() is None
+    )
 
 
 _KERNEL_ID = re.compile(r'"kernelId": "([0-9a-f-]{36})"')
@@ -523,6 +546,8 @@ class HealthHandler(tornado.web.RequestHandler):
         app: DashboardVoila = self.settings["voila"]
         manager: DashboardKernelManager = app.kernel_manager
         viewers = manager.viewer_count()
+        pooled = manager.pooled_kernel_ids()
+        preheated = manager.preheated_kernel_ids()
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.finish(
@@ -532,7 +557,10 @@ class HealthHandler(tornado.web.RequestHandler):
                     "viewers": viewers,
                     "max_kernels": app.max_kernels,
                     "at_capacity": viewers >= app.max_kernels,
-                    "preheated": len(manager.pooled_kernel_ids()),
+                    # pooled kernels that have run the notebook, and those still starting
+                    # or running it (a page given one of those waits until it is done)
+                    "preheated": len(preheated),
+                    "warming": len(pooled - preheated),
                 }
             )
         )

@@ -421,6 +421,65 @@ def test_the_kernel_cap_holds_when_many_ask_at_once(
         wait_for(lambda: health(url)["viewers"] == 0, 60, "the hung-up requests' kernels to go")
 
 
+# A notebook that runs until the test lets it finish: it says it is running (a file beside the
+# gate), then waits for the gate file.
+GATED_CELL = """\
+import os, pathlib, time
+gate = pathlib.Path(os.environ["DRIVENDATA_TEST_GATE"])
+pathlib.Path(str(gate) + ".running").touch()
+while not gate.exists():
+    time.sleep(0.05)
+print("the gate opened")
+"""
+
+
+def test_a_pool_kernel_is_preheated_only_once_it_has_run_the_notebook(
+    store: Source, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """/healthz counts a pooled kernel as preheated only once it has run the notebook (a page
+    given it is sent at once); while the notebook still runs, the kernel is 'warming'. A page
+    then gets that very kernel, with the notebook's output."""
+    folder = tmp_path_factory.mktemp("warming")
+    gate = folder / "gate"
+    notebook = folder / "gated.ipynb"
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
+    notebook.write_text(
+        json.dumps(
+            {
+                "cells": [{**cell, "source": GATED_CELL}],
+                "metadata": {
+                    "kernelspec": {
+                        "name": "python3",
+                        "language": "python",
+                        "display_name": "Python 3",
+                    }
+                },
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            }
+        )
+    )
+    with server_in(
+        folder, store, preheat="1", max_kernels="2", notebook=str(notebook), test_gate=str(gate)
+    ) as url:
+        running = Path(str(gate) + ".running")
+        wait_for(running.exists, 60, "the pool kernel to run the notebook")
+        for _ in range(10):  # the notebook cannot end before the gate opens
+            answer = health(url)
+            assert (answer["preheated"], answer["warming"], answer["viewers"]) == (0, 1, 0)
+            time.sleep(0.1)
+        [pooled] = kernel_processes(url)
+        gate.touch()
+        wait_for(lambda: health(url)["preheated"] == 1, 60, "the notebook to end")
+        assert health(url)["warming"] == 0
+        status, body, _ = request(url, "/")
+        assert status == 200
+        assert b"the gate opened" in body
+        kernel = re.search(rb'"kernelId": "([0-9a-f-]{36})"', body)
+        assert kernel, body[:300]
+        assert kernel.group(1).decode() in " ".join(pooled.cmdline())
+
+
 # ---------------------------------------------------------------- kernel killed under a page
 
 
