@@ -281,16 +281,21 @@ GROUP BY person_name
 ORDER BY value DESC, person_name
 LIMIT {TOP}"""
 
-    def quartiles_sql(self, value: str, where: str) -> str:
-        # Count each distinct value once through the index, then find the quartiles' ranks
-        # in the running totals: one pass, no sort. The mean sums REALs: SQLite's SUM() of
-        # integers fails with "integer overflow" past 64 bits.
-        picks = ",\n  ".join(
+    def quartile_picks(self, sep: str) -> str:
+        """The two values around each quartile's rank (numpy's linear interpolation), found in
+        the running totals ``c(v, upto)`` of ``n`` values."""
+        return sep.join(
             f"(SELECT MIN(v) FROM c WHERE upto > {self.floor(f'(n - 1) * {p}')} + {k})"
             f" AS {name}_{'hi' if k else 'lo'}"
             for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
             for k in (0, 1)
         )
+
+    def quartiles_sql(self, value: str, where: str) -> str:
+        # Count each distinct value once through the index, then find the quartiles' ranks
+        # in the running totals: one pass, no sort. The mean sums REALs: SQLite's SUM() of
+        # integers fails with "integer overflow" past 64 bits.
+        picks = self.quartile_picks(",\n  ")
         return f"""WITH g AS (
   SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
 c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
@@ -780,12 +785,7 @@ FROM {self.table} WHERE {where}"""
             f" AS skipped_{name}"
             for name in others
         )
-        picks = ",\n    ".join(
-            f"(SELECT MIN(v) FROM c WHERE upto > {self.floor(f'(n - 1) * {p}')} + {k})"
-            f" AS {name}_{'hi' if k else 'lo'}"
-            for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
-            for k in (0, 1)
-        )
+        picks = self.quartile_picks(",\n    ")
         bins = b.q.bins
         index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
         totals = ", ".join(f"SUM(skipped_{name}) AS skipped_{name}" for name in others)
