@@ -13,8 +13,7 @@ configured by hand:
   instead of a kernel;
 - ``/healthz``, which answers with JSON and starts no kernel;
 - the page's two FontAwesome stylesheet links to a CDN are dropped, so that the page asks
-  nothing of the internet (the dashboard uses no icon font); its head preloads plotly's widget
-  bundle, which the browser then fetches while the rest of the page waits for its kernel;
+  nothing of the internet (the dashboard uses no icon font);
 - a small script in the page watches its kernel: when the kernel is gone (killed, or shut down
   after the page lost its connection) or the server cannot be reached, the page says so in one
   sentence and offers a reload, instead of showing panels that silently stopped updating; a
@@ -437,8 +436,6 @@ class PageHandler(TornadoVoilaHandler):
             if "cdn.jsdelivr.net" in chunk:
                 for link in CDN_LINKS:
                     chunk = chunk.replace(link, "")
-            if self.admission is not None and "</head>" in chunk:
-                chunk = chunk.replace("</head>", bundle_preload(self.base_url) + "</head>", 1)
             if self.kernel_id is not None and "</body>" in chunk:
                 chunk = chunk.replace("</body>", KERNEL_WATCH + "</body>", 1)
         super().write(chunk)
@@ -533,16 +530,6 @@ def _bundle_path() -> Path:
     import plotly
 
     return Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
-
-
-def bundle_preload(base_url: str) -> str:
-    """Return the page head's link that has the browser fetch and compile plotly's widget
-    bundle at once, while the rest of the page waits for its kernel (else only once the
-    widgets load, after the whole page has arrived). The URL is the one WIDGET_ESM imports."""
-    import plotly
-
-    href = f"{base_url.rstrip('/')}/{BUNDLE_ROUTE}?v={plotly.__version__}"
-    return f'<link rel="modulepreload" href="{href}">\n'
 
 
 def widget_esm() -> str:

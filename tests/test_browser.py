@@ -361,15 +361,6 @@ def test_page_has_no_code_and_asks_nothing_of_the_internet(viewer: Viewer, serve
     assert get(server + "voila/files/dashboard.ipynb")[0] == 403
 
 
-def test_plotlys_bundle_is_preloaded_by_the_head_and_fetched_once(viewer: Viewer) -> None:
-    head = viewer.source.split("</head>", 1)[0]
-    preload = r'<link rel="modulepreload" href="/drivendata/static/widgetbundle\.js\?v='
-    assert re.search(preload, head), head[-500:]
-    # the widgets' import of the bundle finds the preloaded module: no second fetch
-    bundles = [u for u in viewer.requests if "/drivendata/static/widgetbundle.js" in u]
-    assert len(bundles) == 1, bundles
-
-
 def test_execute_request_over_the_websocket_runs_nothing(
     viewer: Viewer, server: str, tmp_path: Path
 ) -> None:
