@@ -729,13 +729,14 @@ def soak(
             rows_seen = min((v.rows or 0) - r for v, r in zip(steady, first, strict=True))
             pool.stop()  # every page's WebSocket drops, as when tabs crash
 
-        # No viewer's kernel may remain: only the preheated pool.
+        # No viewer's kernel may remain: only the pool's (preheated, or still warming up).
         def leftovers() -> int:
             try:
                 h = health(srv.url)
             except OSError:
                 return -1
-            return max(len(srv.kernels()) - int(h["preheated"]), int(h["viewers"]))
+            pool = int(h["preheated"]) + int(h.get("warming", 0))
+            return max(len(srv.kernels()) - pool, int(h["viewers"]))
 
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: leftovers() == 0, drop_timeout + 20, "the closed pages' kernels")
