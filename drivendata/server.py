@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
+import gc
 import hashlib
 import json
 import os
@@ -55,13 +57,15 @@ import click
 import tornado.httputil
 import tornado.routing
 import tornado.web
+from jupyter_events import EventLogger
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import FileFindHandler, JupyterHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado.ioloop import PeriodicCallback
-from traitlets import Float, Integer
+from traitlets import Float, Instance, Integer, default
 from traitlets.config import Config
 from voila.app import Voila
+from voila.request_info_handler import RequestInfoSocketHandler
 from voila.static_file_handler import TemplateStaticFileHandler
 from voila.tornado.handler import TornadoVoilaHandler
 
@@ -234,6 +238,20 @@ _ADMISSION: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
 )
 
 
+def _load_malloc_trim() -> Any:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+# Seconds after a kernel goes before the server hands freed memory back to the system, so that
+# kernels closed together (a page and the pool's refill, several tabs) share one trim.
+TRIM_DELAY = 2.0
+
+
 class DashboardKernelManager(AsyncMappingKernelManager):
     """Shut down a kernel once no WebSocket has been open to it for ``drop_timeout`` seconds.
 
@@ -258,6 +276,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._pool_ids: set[str] = set()
         self._starting: set[str] = set()
         self._checker: PeriodicCallback | None = None
+        self._trim_pending = False
 
     async def start_kernel(self, **kwargs: Any) -> str:  # type: ignore[override]
         self._start_checker()
@@ -348,7 +367,27 @@ class DashboardKernelManager(AsyncMappingKernelManager):
 
     def remove_kernel(self, kernel_id: str) -> Any:
         self._pool_ids.discard(kernel_id)
+        # Voilà keeps each preheated page's request details by kernel id and never drops them.
+        RequestInfoSocketHandler._cache.pop(kernel_id, None)
+        self._trim_soon()
         return super().remove_kernel(kernel_id)
+
+    def _trim_soon(self) -> None:
+        """Hand the memory a closed page used back to the system shortly after its kernel goes.
+
+        glibc keeps the heap a page's messages and handlers freed: without this the server's
+        resident memory climbed about 0.25 MB for every page opened and closed (+13 % in an
+        hour's soak), with no Python object left behind to account for it."""
+        if _MALLOC_TRIM is None or self._trim_pending:
+            return
+        self._trim_pending = True
+
+        def trim() -> None:
+            self._trim_pending = False
+            gc.collect()
+            _MALLOC_TRIM(0)
+
+        asyncio.get_running_loop().call_later(TRIM_DELAY, trim)
 
     async def drop_abandoned(self) -> None:
         """Shut down every viewer's kernel that has had no open WebSocket for too long."""
@@ -570,6 +609,14 @@ class DashboardVoila(Voila):
     """Voilà with the page handler, the health check and the kernel cap."""
 
     max_kernels = Integer(MAX_KERNELS, config=True, help="Most kernels serving viewers at once.")
+    # jupyter_server's kernel managers use their grandparent's event logger, or else each makes
+    # one of its own whose logger ("jupyter_events.logger.<id>") stays in logging's registry
+    # for good: one more for every page.
+    event_logger = Instance(EventLogger)
+
+    @default("event_logger")
+    def _default_event_logger(self) -> EventLogger:
+        return EventLogger(parent=self)
 
     def init_handlers(self) -> list[Any]:
         handlers = []
