@@ -188,9 +188,7 @@ class Dashboard(widgets.VBox):
             card.add_class("dd-card")
             card.add_class(f"dd-{name.replace('_', '-')}")
             self.cards[name] = card
-            self._show(
-                name, go.FigureWidget(data=spec["data"], layout={"template": figs.template()})
-            )
+            self._show(name, live_figure(data=spec["data"], layout={"template": figs.template()}))
             apply_figure(self.figures[name], spec)
         cards = list(self.cards.values())
         self.grid = widgets.GridBox(cards)
@@ -592,7 +590,7 @@ class Dashboard(widgets.VBox):
             if time.monotonic() - self._edited[name] < grace:
                 continue
             state = fig.to_dict()
-            self._show(name, go.FigureWidget(data=state["data"], layout=state["layout"]))
+            self._show(name, live_figure(data=state["data"], layout=state["layout"]))
             fig.close()
             redrawn.append(name)
         self.repaired += len(redrawn)
@@ -623,6 +621,33 @@ class Dashboard(widgets.VBox):
             paused=self.paused,
             waiting=self.waiting,
         )
+
+
+def live_figure(**kwargs: Any) -> go.FigureWidget:
+    """A FigureWidget whose updates of data restate its axes' types.
+
+    plotly.js guesses an axis's type again whenever an update changes a trace's data, unless
+    the same update sets the type, and it takes the timeline's times (milliseconds since 1970,
+    the shortest form to send) for plain numbers: after the first refresh that brought new
+    buckets the time axis read 1.7953T. The widget sends only what changed, so the types that
+    did not change are added to each such update here."""
+    fig = go.FigureWidget(**kwargs)
+    send = fig._send_update_msg
+
+    def send_with_types(
+        restyle_data: dict[str, Any],
+        relayout_data: dict[str, Any],
+        trace_indexes: Any = None,
+        source_view_id: Any = None,
+    ) -> None:
+        if restyle_data:
+            axes = ("xaxis", "yaxis")
+            types = {f"{a}.type": fig.layout[a].type for a in axes if fig.layout[a].type}
+            relayout_data = types | relayout_data
+        send(restyle_data, relayout_data, trace_indexes, source_view_id)
+
+    fig._send_update_msg = send_with_types
+    return fig
 
 
 def apply_figure(fig: go.FigureWidget, spec: figs.Figure) -> None:

@@ -73,6 +73,10 @@ PLOTS = """() => {
   }));
 }"""
 
+# The axis types plotly.js draws with: it guesses them again whenever a trace's data change.
+AXIS_TYPES = """() => [...document.querySelectorAll('.js-plotly-plot')]
+  .map(p => [p._fullLayout.xaxis?.type ?? null, p._fullLayout.yaxis?.type ?? null])"""
+
 KERNEL_ID = "() => JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId"
 
 
@@ -441,6 +445,8 @@ def test_value_outside_the_list_is_refused_without_a_query(viewer: Viewer, serve
 def test_field_and_window_change_every_panel_that_depends_on_them(viewer: Viewer) -> None:
     page = viewer.page
     before = viewer.plots()
+    axes = page.evaluate(AXIS_TYPES)
+    assert axes[2][0] == "date"  # the timeline's
 
     viewer.select("Field", "Download speed")
     page.wait_for_function(
@@ -482,6 +488,8 @@ def test_field_and_window_change_every_panel_that_depends_on_them(viewer: Viewer
         30,
         "the panels to return to the defaults",
     )
+    # every axis is drawn as it was, times as times (the timeline's once turned into numbers)
+    assert page.evaluate(AXIS_TYPES) == axes
 
 
 def test_rows_inserted_while_open_appear_within_the_refresh_interval(
