@@ -637,6 +637,28 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
+@pytest.mark.parametrize("window", ["all", "24h"])
+def test_a_span_of_hours_gets_buckets_finer_than_a_minute(store: Store, window: str) -> None:
+    """PostgreSQL's timeline groups rows by the minute first (by the second in short windows);
+    85 minutes need ten-second buckets, which in the window "all" a second pass by the second
+    makes. Every panel against the oracle."""
+    rows = []
+    for i in range(300):
+        at = NOW - timedelta(seconds=17 * i, microseconds=250_000 * (i % 4))
+        row = dict.fromkeys(COLUMN_NAMES)
+        row.update(person_name=f"P{i % 7}", user_name=f"u{i % 11}", birth_date="1990-01-01")
+        row.update(dict.fromkeys(NUMBERS, i), accessed_at=at.strftime(TS_FORMAT))
+        rows.append(tuple(row[c] for c in COLUMN_NAMES))
+    stored = store.fill(rows)
+    q = Query(window=window, now=NOW)
+    with store.read.connect() as conn:
+        out = compute(conn, store.source, q)
+    check_bounds(out, q)
+    check_accounting(out, q)
+    check_oracle(out, Oracle(as_oracle_sees(stored), q.now, q.window), q, store.kind == "sqlite")
+    assert len(out["timeline"]) > 100  # finer than a minute: 85 minutes in ten-second buckets
+
+
 def test_a_users_latest_well_formed_birth_date_counts(store: Store) -> None:
     """PostgreSQL takes a user's latest birth date of the right shape and reads the user's rows
     again only when that one is not a date: a later junk date must not hide an earlier one."""
