@@ -338,7 +338,8 @@ ORDER BY 1"""
         if self.values_panels(b.q):
             names = ["rows", "users", "newest", "last_5_minutes"]
             names += [f"skipped_{name}" for name in needs]
-            return "SELECT " + ", ".join(f"NULL AS {name}" for name in names)
+            told = "/* the timeline, the values pass and the age groups count these */ "
+            return "SELECT " + told + ", ".join(f"NULL AS {name}" for name in names)
         checks = row_checks(b)
         skipped = ",\n  ".join(
             f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in terms)}) IS NOT TRUE)"
