@@ -102,6 +102,9 @@ SECOND_KEYS_WITHIN = timedelta(hours=24)
 # Fields of at most 36,001 distinct whole numbers, whose distribution and histogram PostgreSQL
 # computes from a count of each value.
 FEW_VALUES = ("session_duration", "download_speed", "upload_speed")
+# The panels whose skipped rows that values pass counts besides its own (the distribution's and
+# the histogram's: rows whose value is NULL).
+COUNTED_BY_VALUES = ("top_traffic", "top_people", "age_groups")
 
 
 class QueryError(ValueError):
@@ -215,8 +218,8 @@ class Dialect:
         raise NotImplementedError
 
     def rough_timestamp(self, col: str) -> str:
-        """A cheap test that every valid, past timestamp passes (and a few invalid ones): the
-        earliest and latest rows it lets through are the valid rows' bounds when they are valid."""
+        """A cheap test that every valid, past timestamp passes (and a few invalid ones), for
+        checks that finish the job elsewhere."""
         return f"{col} LIKE '____-__-__ __:__:__%' AND {self.text(col)} <= :now"
 
     def real_day(self, col: str) -> str:
@@ -340,12 +343,7 @@ ORDER BY 1"""
             names += [f"skipped_{name}" for name in needs]
             told = "/* the timeline, the values pass and the age groups count these */ "
             return "SELECT " + told + ", ".join(f"NULL AS {name}" for name in names)
-        checks = row_checks(b)
-        skipped = ",\n  ".join(
-            f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in terms)}) IS NOT TRUE)"
-            f" AS skipped_{name}"
-            for name, terms in needs.items()
-        )
+        skipped = skipped_counts(b, needs, ",\n  ")
         return f"""SELECT COUNT(*) AS rows, NULL AS users, NULL AS newest, NULL AS last_5_minutes,
   {skipped}
 FROM {self.table}
@@ -691,7 +689,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {firs
         at = "accessed_at"
         text = self.text(at)
         terms = [f"{text} >= :since"] if b.q.since is not None else []
-        terms += [f"{at} LIKE '____-__-__ __:__:__%'", f"{text} <= :now"]
+        terms.append(self.rough_timestamp(at))
         # Lengths in bytes, which PostgreSQL keeps (length() counts characters, reading the
         # text): a character of more than one byte is no digit, and the checks refuse it.
         fraction = (
@@ -778,14 +776,9 @@ FROM {self.table} WHERE {where}"""
         # other panels cannot use); the quartiles come from the running totals of those counts
         # and the bins from adding them up, where exact percentiles would sort every row.
         f = b.q.field
-        checks = row_checks(b)
+        others = COUNTED_BY_VALUES
         needs = needs_flags(b)
-        others = ("top_traffic", "top_people", "age_groups")
-        skips = ",\n    ".join(
-            f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in needs[name])}) IS NOT TRUE)"
-            f" AS skipped_{name}"
-            for name in others
-        )
+        skips = skipped_counts(b, {name: needs[name] for name in others}, ",\n    ")
         picks = self.quartile_picks(",\n    ")
         bins = b.q.bins
         index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
@@ -1110,6 +1103,16 @@ def row_checks(b: Builder) -> dict[str, str]:
     }
 
 
+def skipped_counts(b: Builder, needs: Mapping[str, list[str]], sep: str) -> str:
+    """SQL counting, for each panel named in ``needs``, the rows failing any check it needs."""
+    checks = row_checks(b)
+    return sep.join(
+        f"COUNT(*) FILTER (WHERE ({' AND '.join(checks[t] for t in terms)}) IS NOT TRUE)"
+        f" AS skipped_{name}"
+        for name, terms in needs.items()
+    )
+
+
 def needs_flags(b: Builder) -> dict[str, list[str]]:
     """What each panel needs of a row, by the names of the summary's per-row checks."""
     time = FIELDS[b.q.field].is_time
@@ -1290,11 +1293,10 @@ def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     if "skipped_values" in rows:  # the values' pass (values_sql): its counts are the summary's
         first = rows.iloc[0]
         unusable = int(first["skipped_values"])  # a value that is NULL
-        others = ("top_traffic", "top_people", "age_groups")
         counted = {
             "rows": int(first["rows"] or 0),
             "skipped": {"distribution": unusable, "histogram": unusable}
-            | {name: int(first[f"skipped_{name}"] or 0) for name in others},
+            | {name: int(first[f"skipped_{name}"] or 0) for name in COUNTED_BY_VALUES},
         }
         rows = rows[rows["bin"].notna()]
     frame = _histogram_frame(rows, q)
