@@ -271,12 +271,25 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._alone_since: dict[str, float] = {}
         self._rendering: set[str] = set()
         # Pages let past the cap that have no kernel yet; kernels started for Voilà's pool and
-        # not yet handed to a page; viewers' kernels still starting (not yet listed).
+        # not yet handed to a page, with the pool's task of each; viewers' kernels still
+        # starting (not yet listed).
         self._admissions: set[Admission] = set()
-        self._pool_ids: set[str] = set()
+        self._pool_tasks: dict[str, asyncio.Task[Any] | None] = {}
         self._starting: set[str] = set()
         self._checker: PeriodicCallback | None = None
         self._trim_pending = False
+        # With preheat, Voilà makes this class the base of its pooling manager, whose
+        # get_rendered_notebook hands a pool kernel to a page: from that moment it is the
+        # page's, even if the page's request ends before the page names it.
+        take = getattr(self, "get_rendered_notebook", None)
+        if take is not None:
+
+            async def get_rendered_notebook(*args: Any, **kwargs: Any) -> Any:
+                taken = await take(*args, **kwargs)
+                self.settle(_ADMISSION.get(), taken[2])  # (render task, cells, kernel id)
+                return taken
+
+            self.get_rendered_notebook = get_rendered_notebook
 
     async def start_kernel(self, **kwargs: Any) -> str:  # type: ignore[override]
         self._start_checker()
@@ -284,7 +297,8 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         kernel_id = kwargs.setdefault("kernel_id", str(uuid.uuid4()))
         pooled = env.get("VOILA_PREHEAT") == "True"
         if pooled:
-            self._pool_ids.add(kernel_id)
+            # Voilà starts each pool kernel in the task its pool holds
+            self._pool_tasks[kernel_id] = asyncio.current_task()
         else:
             # a page's own kernel: from now on it counts as a kernel, not as an admission
             self._starting.add(kernel_id)
@@ -292,7 +306,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         try:
             started: str = await super().start_kernel(**kwargs)
         except BaseException:
-            self._pool_ids.discard(kernel_id)
+            self._pool_tasks.pop(kernel_id, None)
             raise
         finally:
             self._starting.discard(kernel_id)
@@ -315,9 +329,10 @@ class DashboardKernelManager(AsyncMappingKernelManager):
         self._alone_since[kernel_id] = time.monotonic()
 
     def pooled_kernel_ids(self) -> set[str]:
-        """Return the kernels waiting in Voilà's preheated pool (none without preheat), whether
-        or not they have run the notebook yet."""
-        return {content["kernel_id"] for content in self._pooled()}
+        """Return the kernels started for Voilà's preheated pool (none without preheat) and not
+        yet handed to a page, whether or not they have started and run the notebook yet."""
+        waiting = {id(task) for pool in getattr(self, "_pools", {}).values() for task in pool}
+        return {k for k, task in self._pool_tasks.items() if id(task) in waiting}
 
     def preheated_kernel_ids(self) -> set[str]:
         """Return the pooled kernels that have run the notebook: a page given one is sent at
@@ -351,22 +366,24 @@ class DashboardKernelManager(AsyncMappingKernelManager):
     def settle(self, admission: Admission | None, kernel_id: str | None) -> None:
         """End an admission: its page has this kernel now, or none (``None``) at all.
 
-        A kernel from the pool counts as a viewer's from here on.
+        A kernel from the pool counts as a viewer's from here on, even when the request
+        has gone meanwhile: Voilà goes on rendering its page.
         """
+        if kernel_id is not None:
+            self._pool_tasks.pop(kernel_id, None)
         if admission is None or admission not in self._admissions:
             return
         self._admissions.discard(admission)
         if kernel_id is not None:
             admission.kernel_id = kernel_id
-            self._pool_ids.discard(kernel_id)
 
     def viewer_count(self) -> int:
         """Return how many kernels serve viewers, or are being readied for one."""
         kernels = set(self._kernels) | self._starting
-        return len(self._admissions) + len(kernels - self._pool_ids)
+        return len(self._admissions) + len(kernels - self._pool_tasks.keys())
 
     def remove_kernel(self, kernel_id: str) -> Any:
-        self._pool_ids.discard(kernel_id)
+        self._pool_tasks.pop(kernel_id, None)
         # Voilà keeps each preheated page's request details by kernel id and never drops them.
         RequestInfoSocketHandler._cache.pop(kernel_id, None)
         self._trim_soon()
@@ -480,7 +497,11 @@ class PageHandler(TornadoVoilaHandler):
         super().write(chunk)
 
     def on_connection_close(self) -> None:
-        self._page_done()
+        # The request's task goes on without its client: it still takes a kernel and renders
+        # the page, so its admission holds until ``get`` ends. Only a kernel it already has
+        # starts its clock now.
+        if self.kernel_id is not None:
+            self.kernel_manager.rendered(self.kernel_id)
         super().on_connection_close()
 
     def _page_done(self) -> None:
