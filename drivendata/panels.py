@@ -173,6 +173,15 @@ def two_digits(count: int, suffix: str = "") -> str:
     return ", ".join(f"'{n:02d}{suffix}'" for n in range(count))
 
 
+def two_bytes(count: int, suffix: str = "") -> str:
+    """:func:`two_digits` as PostgreSQL bytea literals, to compare with a text's bytes."""
+    return ", ".join(f"'\\x{f'{n:02d}{suffix}'.encode().hex()}'::bytea" for n in range(count))
+
+
+# The ten digits' bytes, as PostgreSQL's rtrim() takes the bytes to strip from a bytea.
+DIGIT_BYTES = "'\\x30313233343536373839'::bytea"
+
+
 def stamp(value: datetime) -> str:
     """Format a time the way the table stores it."""
     return value.strftime(TS_FORMAT)
@@ -601,6 +610,24 @@ class PostgresDialect(Dialect):
         # (not length(): the planner estimates this from the column's statistics)
         return f"{col} <> ''"
 
+    def prefix(self, col: str, length: str) -> str:
+        # A cast to varchar(n) cuts the text as substr does, at half the cost per row.
+        return f"({col})::varchar({length})"
+
+    def unestimated(self, columns: list[str]) -> str:
+        """The table's ``columns`` as a union with an empty branch, which the planner drops.
+
+        Grouped by a part of a column's text, the table is taken to have as many groups as the
+        column has values (a million timestamps, for some forty thousand minutes): the planner
+        then sorts every row, spilling to disk, instead of hashing. A column of a union has no
+        statistics, so the planner assumes a modest count of groups and each worker hashes its
+        share of the rows (a quarter faster here). Only the plan changes, never the result."""
+        picked = ", ".join(columns)
+        return (
+            f"(SELECT {picked} FROM {self.table}"
+            f" UNION ALL SELECT {picked} FROM {self.table} WHERE FALSE) AS sessions"
+        )
+
     def valid_date(self, col: str) -> str:
         return (
             f"({col} LIKE '____-__-__' AND translate({col}, '0123456789', '') = '--'"
@@ -651,7 +678,7 @@ class PostgresDialect(Dialect):
                 f"""m{key} AS MATERIALIZED (
   SELECT {self.prefix(at, str(key))} AS key, {vals},
     {ends}, MAX({at}) AS newest, COUNT(*) FILTER (WHERE {at} >= :recent) AS recent
-  FROM {self.table}
+  FROM {self.unestimated(["accessed_at", *([value] if value else [])])}
   WHERE {gate}{self._row_terms(b, key)}
   GROUP BY 1),
 d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
@@ -690,20 +717,23 @@ SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {firs
         text = self.text(at)
         terms = [f"{text} >= :since"] if b.q.since is not None else []
         terms.append(self.rough_timestamp(at))
-        # Lengths in bytes, which PostgreSQL keeps (length() counts characters, reading the
-        # text): a character of more than one byte is no digit, and the checks refuse it.
-        fraction = (
-            f"octet_length({at}) BETWEEN 21 AND 26 AND {self.text(f'substr({at}, 21)')} !~ '[^0-9]'"
-        )
+        # Lengths and positions in bytes, which PostgreSQL keeps (length() and substr() count
+        # characters, reading the text from its start): a byte of a character of more than one
+        # byte is no digit, and the checks refuse it. textsend() gives the text's bytes.
+        data = f"textsend({at})"
+        seconds = two_bytes(60)
         if key == KEY_MINUTE:
             terms.append(
-                f"CASE octet_length({at}) WHEN 19 THEN substr({at}, 18, 2) IN ({two_digits(60)})"
-                f"\n      ELSE substr({at}, 18, 3) IN ({two_digits(60, '.')}) AND {fraction} END"
+                f"CASE octet_length({at}) WHEN 19 THEN substr({data}, 18, 2) IN ({seconds})"
+                f"\n      ELSE octet_length({at}) BETWEEN 21 AND 26"
+                f" AND substr({data}, 18, 3) IN ({two_bytes(60, '.')})"
+                f" AND octet_length(rtrim({data}, {DIGIT_BYTES})) = 20 END"
             )
-        else:
+        else:  # the key holds the seconds: only the fraction is left to check
             terms.append(
-                f"CASE octet_length({at}) WHEN 19 THEN TRUE\n"
-                f"      ELSE substr({at}, 20, 1) = '.' AND {fraction} END"
+                f"CASE octet_length({at}) WHEN 19 THEN TRUE\n      ELSE octet_length({at})"
+                f" BETWEEN 21 AND 26 AND octet_length(rtrim({data}, {DIGIT_BYTES})) = 20"
+                f" AND substr({data}, 20, 1) = '\\x2e'::bytea END"
             )
         return "\n      AND ".join(terms)
 
@@ -715,8 +745,10 @@ SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {firs
         clock = " AND ".join(
             f"substr(key, {start}, 2) IN ({two_digits(count)})" for start, count in parts
         )
-        return f"""substr(key, 1, 10) IN (SELECT day FROM {days}
-    WHERE {self.valid_date("day")} AND day NOT LIKE '0000%' AND {self.real_day("day")})
+        # (IS TRUE keeps the days a hashed list: taking the groups to be few, the planner would
+        # otherwise join them to the days in a loop over every day for every group)
+        return f"""(substr(key, 1, 10) IN (SELECT day FROM {days}
+    WHERE {self.valid_date("day")} AND day NOT LIKE '0000%' AND {self.real_day("day")})) IS TRUE
   AND {clock}"""
 
     def top_people_sql(self, b: Builder) -> str:

@@ -605,6 +605,11 @@ def near_misses(minute: str) -> list[str]:
             ":٠٠",
             ":00 ",
             ":0٠.5",
+            ":00,123",
+            ":00.1234a6",
+            ":00.12é",
+            ":00é12",
+            ":5٠.1",
         )
     ]
 
@@ -619,7 +624,8 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
     good.update(person_name="Ana", user_name="ana", accessed_at=at.strftime(TS_FORMAT))
     good.update(dict.fromkeys(NUMBERS, 5))
     misses = near_misses(at.strftime("%Y-%m-%d %H:%M"))
-    misses += [at.strftime("%Y-%m-%d %H:%M:%S") + tail for tail in ("x", ".x", ".12a")]
+    second = at.strftime("%Y-%m-%d %H:%M:%S")
+    misses += [second + tail for tail in ("x", ".x", ".12a", ",123", "é12", ".1é", "..1")]
     bad = [dict(good, accessed_at=text, upload_speed=999) for text in misses]
     store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in [good, *bad]])
     for field in ("accessed_at", "upload_speed"):
