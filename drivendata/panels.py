@@ -255,6 +255,11 @@ class Dialect:
     double = "DOUBLE PRECISION"
     # Whether top_people_sql ranks every person, or only the people of the top rows.
     ranks_everyone = False
+    # Whether top_people and age_groups share one statement (people_sql).
+    fuses_people = False
+
+    def people_sql(self, b: Builder, group: str) -> str:
+        raise NotImplementedError
 
     def values_panels(self, q: Query) -> bool:
         """Whether the distribution, the histogram and the summary's counts of rows share one
@@ -751,48 +756,53 @@ SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {firs
     WHERE {self.valid_date("day")} AND day NOT LIKE '0000%' AND {self.real_day("day")})) IS TRUE
   AND {clock}"""
 
-    def top_people_sql(self, b: Builder) -> str:
-        f = b.q.field
-        value = b.value(f)
-        where = b.where(b.valid(f), self.nonempty("person_name"))
-        # Every person's best, hashed in one pass the server splits between its workers.
-        return f"""SELECT person_name, MAX({value}) AS value
-FROM {self.table}
-WHERE {where}
-GROUP BY person_name
-ORDER BY value DESC, person_name COLLATE "C"
-LIMIT {TOP}"""
-
     ranks_everyone = True
+    fuses_people = True
 
-    def age_groups_sql(self, b: Builder, group: str) -> str:
-        # A user's birth date is the latest well-formed, past one among their rows: the latest
-        # that a cheap shape test lets through is it when it is well-formed, and only the users
-        # for whom it is not (a junk date of the right shape) have their rows read again. One
-        # hashed pass by user, which the server splits between its workers.
+    def people_sql(self, b: Builder, group: str) -> str:
+        # One hashed pass by (user, person), which the server splits between its workers, for
+        # both panels: a user is one person, so there are about as many pairs as users, and
+        # each panel adds its pairs up. A person's value is their best; a user's birth date the
+        # latest well-formed, past one among their rows: the latest that a cheap shape test
+        # lets through is it when it is well-formed, and only the users for whom it is not (a
+        # junk date of the right shape) have their rows read again.
+        f = b.q.field
         bd = self.text("birth_date")
-        where = b.where(self.nonempty("user_name"))
-        return f"""WITH latest AS MATERIALIZED (
-  SELECT user_name,
+        user = self.nonempty("user_name")
+        columns = ["user_name", "person_name", "birth_date", f]
+        if b.q.since is not None:
+            columns.append("accessed_at")
+        return f"""WITH pairs AS MATERIALIZED (
+  SELECT user_name, person_name,
+    MAX({b.value(f)}) FILTER (WHERE {b.valid(f)} AND {self.nonempty("person_name")}) AS best,
     MAX({bd}) FILTER (WHERE birth_date LIKE '____-__-__' AND {bd} <= :today) AS rough
-  FROM {self.table}
-  WHERE {where}
-  GROUP BY user_name),
+  FROM {self.unestimated(list(dict.fromkeys(columns)))}
+  WHERE {b.where()}
+  GROUP BY user_name, person_name),
+best AS MATERIALIZED (
+  SELECT person_name, MAX(best) AS value FROM pairs WHERE best IS NOT NULL
+  GROUP BY person_name
+  ORDER BY value DESC, {self.text("person_name")}
+  LIMIT {TOP}),
 checked AS MATERIALIZED (
-  SELECT user_name, rough, rough IS NULL OR {self.valid_date("rough")} AS ok FROM latest),
+  SELECT user_name, rough, rough IS NULL OR {self.valid_date("rough")} AS ok
+  FROM (SELECT user_name, MAX(rough) AS rough FROM pairs WHERE {user} GROUP BY user_name)
+    AS latest),
 redone AS MATERIALIZED (
-  SELECT user_name,
-    MAX(CASE WHEN {self.valid_date("birth_date")} AND {bd} <= :today THEN {bd} END) AS bd
+  SELECT MAX(CASE WHEN {self.valid_date("birth_date")} AND {bd} <= :today THEN {bd} END) AS bd
   FROM {self.table}
   WHERE EXISTS (SELECT 1 FROM checked WHERE NOT ok)
     AND user_name IN (SELECT user_name FROM checked WHERE NOT ok)
-    AND {where}
+    AND {b.where(user)}
   GROUP BY user_name)
-SELECT {group} AS age_group, COUNT(*) AS users
-FROM (
-  SELECT CASE WHEN c.ok THEN c.rough ELSE r.bd END AS bd
-  FROM checked c LEFT JOIN redone r ON r.user_name = c.user_name) AS users
-GROUP BY 1"""
+SELECT * FROM (
+  SELECT 'top_people' AS panel, person_name, value, NULL AS age_group, NULL::bigint AS users
+  FROM best
+  UNION ALL
+  SELECT 'age_groups', NULL, NULL, {group}, COUNT(*)
+  FROM (SELECT rough AS bd FROM checked WHERE ok UNION ALL SELECT bd FROM redone) AS users
+  GROUP BY 4) AS parts
+ORDER BY panel DESC, value DESC, {self.text("person_name")}"""
 
     def quartiles_sql(self, value: str, where: str) -> str:
         return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
@@ -1059,6 +1069,8 @@ LIMIT {TOP}"""
 
 
 def top_people_sql(b: Builder) -> Statement:
+    if b.d.fuses_people:
+        return people_sql(b)
     f = b.q.field
     sql = b.d.top_people_sql(b)
     lowest = "'0000'" if FIELDS[f].is_time else b.d.lowest_number
@@ -1102,6 +1114,19 @@ def histogram_sql(b: Builder) -> Statement:
 
 
 def age_groups_sql(b: Builder) -> Statement:
+    if b.d.fuses_people:
+        return people_sql(b)
+    return b.statement(b.d.age_groups_sql(b, age_group_case(b)))
+
+
+def people_sql(b: Builder) -> Statement:
+    """The statement top_people and age_groups share where the dialect fuses them; a column
+    ``panel`` tells whose each row is."""
+    return b.statement(b.d.people_sql(b, age_group_case(b)))
+
+
+def age_group_case(b: Builder) -> str:
+    """SQL naming the age group of a birth date ``bd`` (text, or NULL when unknown)."""
     today = b.q.now.date()
     for _, upper in AGE_GROUPS:
         if upper is not None:
@@ -1110,10 +1135,9 @@ def age_groups_sql(b: Builder) -> Statement:
     cases = "\n    ".join(
         f"WHEN bd > :born_{upper} THEN '{label}'" for label, upper in AGE_GROUPS if upper
     )
-    group = f"""CASE WHEN bd IS NULL THEN '{UNKNOWN_AGE}'
+    return f"""CASE WHEN bd IS NULL THEN '{UNKNOWN_AGE}'
     {cases}
     ELSE '{AGE_GROUPS[-1][0]}' END"""
-    return b.statement(b.d.age_groups_sql(b, group))
 
 
 def summary_sql(b: Builder) -> Statement:
@@ -1226,8 +1250,15 @@ def shape_top_traffic(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def part_of(rows: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
+    """A panel's rows of a statement it shares with another (people_sql), or all of them."""
+    if "panel" in rows:
+        rows = rows.loc[rows["panel"] == name, columns]
+    return rows
+
+
 def shape_top_people(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
-    out = rows.copy()
+    out = part_of(rows, "top_people", ["person_name", "value"]).copy()
     _field_values(out, "value", q.field)
     out["person_name"] = out["person_name"].map(shower(q.people))
     return out.reset_index(drop=True)
@@ -1357,6 +1388,7 @@ def _histogram_frame(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
 
 
 def shape_age_groups(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    rows = part_of(rows, "age_groups", ["age_group", "users"])
     counts = {str(g): int(u) for g, u in zip(rows["age_group"], rows["users"], strict=True)}
     labels = [label for label, _ in AGE_GROUPS] + [UNKNOWN_AGE]
     users = [counts.get(label, 0) for label in labels]

@@ -127,7 +127,8 @@ def test_a_live_dashboard_sends_only_statements_on_the_needed_columns(
     for field, window in (("accessed_at", "7d"), ("session_duration", "24h")):
         d.field.value, d.window.value = field, window
         assert d.refresh_now()
-    assert len(sent) >= 3 * 7, "the dashboard's statements were not seen"
+    # at least five statements a refresh: panels that share a statement run it once
+    assert len(sent) >= 3 * 5, "the dashboard's statements were not seen"
     reads = [s for s in sent if TABLE in s]
     assert reads
     for sql in reads:
