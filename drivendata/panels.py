@@ -663,18 +663,23 @@ class PostgresDialect(Dialect):
         span = WINDOWS[b.q.window]
         seconds_key = span is not None and span <= SECOND_KEYS_WITHIN
         levels = [KEY_SECOND] if seconds_key else [KEY_MINUTE, KEY_SECOND]
+        # The newest row is the later of the last row with a value and the last without one
+        # (rarely any): a third comparison of every row's text would cost more.
         if value is None:
             vals = (
                 "COUNT(*) AS n, NULL::bigint AS lo_v, NULL::numeric AS sum_v, NULL::bigint AS hi_v"
             )
-            ends = f"MIN({at}) AS first, MAX({at}) AS last"
+            ends = f"MIN({at}) AS first, MAX({at}) AS last, NULL AS unused_last"
         else:
             used = f"FILTER (WHERE {b.valid(value)})"
             vals = (
                 f"COUNT({value}) AS n, MIN({value}) AS lo_v, SUM({value}) AS sum_v,"
                 f" MAX({value}) AS hi_v"
             )
-            ends = f"MIN({at}) {used} AS first, MAX({at}) {used} AS last"
+            ends = (
+                f"MIN({at}) {used} AS first, MAX({at}) {used} AS last,"
+                f" MAX({at}) FILTER (WHERE NOT ({b.valid(value)})) AS unused_last"
+            )
         ctes = []
         for key in levels:
             gate = "" if key == levels[0] else "(SELECT chars FROM width) > 16\n    AND "
@@ -682,7 +687,7 @@ class PostgresDialect(Dialect):
             ctes.append(
                 f"""m{key} AS MATERIALIZED (
   SELECT {self.prefix(at, str(key))} AS key, {vals},
-    {ends}, MAX({at}) AS newest, COUNT(*) FILTER (WHERE {at} >= :recent) AS recent
+    {ends}, COUNT(*) FILTER (WHERE {at} >= :recent) AS recent
   FROM {self.unestimated(["accessed_at", *([value] if value else [])])}
   WHERE {gate}{self._row_terms(b, key)}
   GROUP BY 1),
@@ -713,7 +718,8 @@ SELECT * FROM (
   HAVING SUM(n) > 0
   ORDER BY 1) AS buckets
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint FROM {first}"""
+SELECT NULL, NULL, NULL, NULL, NULL, GREATEST(MAX(last), MAX(unused_last)), SUM(recent)::bigint
+FROM {first}"""
 
     def _row_terms(self, b: Builder, key: int) -> str:
         """What a row's time must pass besides its key's check: its shape, the clock after the
