@@ -7,11 +7,12 @@ it is computed from the text's digits, which never fails on a well-formed value.
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -175,9 +176,21 @@ def two_digits(count: int, suffix: str = "") -> str:
 
 def two_bytes(count: int, suffix: str = "") -> str:
     """:func:`two_digits` as PostgreSQL bytea literals, to compare with a text's bytes."""
-    return ", ".join(f"'\\x{f'{n:02d}{suffix}'.encode().hex()}'::bytea" for n in range(count))
+    return byte_list(f"{n:02d}{suffix}" for n in range(count))
 
 
+def byte_list(texts: Iterable[str]) -> str:
+    """ASCII texts as a list of PostgreSQL bytea literals, to compare with a text's bytes."""
+    return ", ".join(f"'\\x{text.encode().hex()}'::bytea" for text in texts)
+
+
+# Every month and day of a leap year but 02-29, as MM-DD.
+MONTH_DAYS = [
+    f"{month:02d}-{day:02d}"
+    for month in range(1, 13)
+    for day in range(1, calendar.monthrange(2000, month)[1] + 1)
+    if (month, day) != (2, 29)
+]
 # The ten digits' bytes, as PostgreSQL's rtrim() takes the bytes to strip from a bytea.
 DIGIT_BYTES = "'\\x30313233343536373839'::bytea"
 
@@ -595,20 +608,36 @@ class PostgresDialect(Dialect):
         return f'{col} COLLATE "C"'
 
     def valid_timestamp(self, col: str) -> str:
-        # A full regular expression costs about 2 s per million rows here; these cost 1 s and
-        # accept exactly YYYY-MM-DD HH:MM:SS[.f{1,6}]: the shape fixes where the separators
-        # are, the one-class expression and the counts leave only digits everywhere else.
+        # Exactly YYYY-MM-DD HH:MM:SS[.f{1,6}], a real day, checked on the text's bytes (see
+        # _clock_tail): the shape fixes the separators, and each part is looked up in the list
+        # of its values (month and day together, 365 of them), which also says it is digits.
+        # A full regular expression costs about 2 s per million rows here; these 0.3 s.
+        data = f"textsend({col})"
+        leap = ", ".join(f"'{y:02d}'" for y in range(4, 100, 4))
+        centuries = ", ".join(f"'{y:04d}'" for y in range(400, 10000, 400))
         return (
-            f"({col} LIKE '____-__-__ __:__:__%' AND length({col}) IN (19, 21, 22, 23, 24, 25, 26)"
-            f" AND {col} COLLATE \"C\" ~ '^[-0-9: .]+$'"
-            f" AND {col} NOT LIKE '%-%-%-%' AND {col} NOT LIKE '%:%:%:%'"
-            f" AND {col} NOT LIKE '% % %' AND {col} NOT LIKE '%.%.%'"
-            f" AND ({col} LIKE '___________________.%' OR length({col}) = 19)"
-            f" AND substr({col}, 6, 2) BETWEEN '01' AND '12'"
-            f" AND substr({col}, 9, 2) BETWEEN '01' AND '31'"
-            f" AND substr({col}, 12, 2) <= '23' AND substr({col}, 15, 1) <= '5'"
-            f" AND substr({col}, 18, 1) <= '5' AND {col} NOT LIKE '0000%'"
-            f" AND {self.real_day(col)})"
+            f"({col} LIKE '____-__-__ __:__:__%' AND {col} NOT LIKE '0000%'"
+            f" AND octet_length(rtrim(substr({data}, 1, 4), {DIGIT_BYTES})) = 0"
+            f" AND (substr({data}, 6, 5) IN ({byte_list(MONTH_DAYS)})"
+            f" OR (substr({col}, 6, 5) = '02-29' AND (substr({col}, 3, 2) IN ({leap})"
+            f" OR substr({col}, 1, 4) IN ({centuries}))))"
+            f" AND substr({data}, 12, 2) IN ({two_bytes(24)})"
+            f" AND substr({data}, 15, 2) IN ({two_bytes(60)})"
+            f" AND {self._clock_tail(col)})"
+        )
+
+    def _clock_tail(self, col: str) -> str:
+        """A timestamp's seconds and fraction are right: two digits below 60, then nothing or a
+        point and one to six digits. Lengths and positions in bytes, which PostgreSQL keeps
+        (length() and substr() count characters, reading the text from its start): a byte of
+        a character of more than one byte is no digit, and the checks refuse it. textsend()
+        gives the text's bytes."""
+        data = f"textsend({col})"
+        return (
+            f"CASE octet_length({col}) WHEN 19 THEN substr({data}, 18, 2) IN ({two_bytes(60)})"
+            f"\n      ELSE octet_length({col}) BETWEEN 21 AND 26"
+            f" AND substr({data}, 18, 3) IN ({two_bytes(60, '.')})"
+            f" AND octet_length(rtrim({data}, {DIGIT_BYTES})) = 20 END"
         )
 
     def nonempty(self, col: str) -> str:
@@ -728,18 +757,9 @@ FROM {first}"""
         text = self.text(at)
         terms = [f"{text} >= :since"] if b.q.since is not None else []
         terms.append(self.rough_timestamp(at))
-        # Lengths and positions in bytes, which PostgreSQL keeps (length() and substr() count
-        # characters, reading the text from its start): a byte of a character of more than one
-        # byte is no digit, and the checks refuse it. textsend() gives the text's bytes.
         data = f"textsend({at})"
-        seconds = two_bytes(60)
         if key == KEY_MINUTE:
-            terms.append(
-                f"CASE octet_length({at}) WHEN 19 THEN substr({data}, 18, 2) IN ({seconds})"
-                f"\n      ELSE octet_length({at}) BETWEEN 21 AND 26"
-                f" AND substr({data}, 18, 3) IN ({two_bytes(60, '.')})"
-                f" AND octet_length(rtrim({data}, {DIGIT_BYTES})) = 20 END"
-            )
+            terms.append(self._clock_tail(at))
         else:  # the key holds the seconds: only the fraction is left to check
             terms.append(
                 f"CASE octet_length({at}) WHEN 19 THEN TRUE\n      ELSE octet_length({at})"
