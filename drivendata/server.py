@@ -331,7 +331,7 @@ class DashboardKernelManager(AsyncMappingKernelManager):
     def pooled_kernel_ids(self) -> set[str]:
         """Return the kernels started for Voilà's preheated pool (none without preheat) and not
         yet handed to a page, whether or not they have started and run the notebook yet."""
-        waiting = {id(task) for pool in getattr(self, "_pools", {}).values() for task in pool}
+        waiting = {id(task) for task in self._pool_entries()}
         return {k for k, task in self._pool_tasks.items() if id(task) in waiting}
 
     def preheated_kernel_ids(self) -> set[str]:
@@ -345,11 +345,15 @@ class DashboardKernelManager(AsyncMappingKernelManager):
             if _succeeded(content.get("task"))  # Voilà's task rendering the notebook
         }
 
-    def _pooled(self) -> Iterator[dict[str, Any]]:
+    def _pool_entries(self) -> Iterator[Any]:
+        """Voilà's pool: a task for each kernel it holds, started or not."""
         for pool in getattr(self, "_pools", {}).values():
-            for task in pool:
-                if _succeeded(task):
-                    yield task.result()
+            yield from pool
+
+    def _pooled(self) -> Iterator[dict[str, Any]]:
+        for task in self._pool_entries():
+            if _succeeded(task):
+                yield task.result()
 
     def admit(self) -> Admission:
         """Count a page let past the cap until it has a kernel (or its request ends).
