@@ -96,10 +96,13 @@ BUCKET_STEPS: tuple[tuple[int, int], ...] = (
     (4, 366 * 86400),
 )
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-# PostgreSQL's timeline groups rows by their text up to the minute or the second, and by the
-# second from the start in windows this short (at most 86,400 groups).
-KEY_MINUTE, KEY_SECOND = 16, 19
+# PostgreSQL's timeline groups rows by their text up to the hour, the minute or the second, and
+# by the second from the start in windows this short (at most 86,400 groups).
+KEY_HOUR, KEY_MINUTE, KEY_SECOND = 13, 16, 19
 SECOND_KEYS_WITHIN = timedelta(hours=24)
+# The share of the table's pages (in percent) whose rows tell PostgreSQL's timeline whether
+# its span is long enough for a pass by the hour: about a thousand rows of a million.
+SAMPLE_PERCENT = 0.1
 # Fields of at most 36,001 distinct whole numbers, whose distribution and histogram PostgreSQL
 # computes from a count of each value.
 FEW_VALUES = ("session_duration", "download_speed", "upload_speed")
@@ -174,9 +177,9 @@ def two_digits(count: int, suffix: str = "") -> str:
     return ", ".join(f"'{n:02d}{suffix}'" for n in range(count))
 
 
-def two_bytes(count: int, suffix: str = "") -> str:
+def two_bytes(count: int, suffix: str = "", prefix: str = "") -> str:
     """:func:`two_digits` as PostgreSQL bytea literals, to compare with a text's bytes."""
-    return byte_list(f"{n:02d}{suffix}" for n in range(count))
+    return byte_list(f"{prefix}{n:02d}{suffix}" for n in range(count))
 
 
 def byte_list(texts: Iterable[str]) -> str:
@@ -238,11 +241,6 @@ class Dialect:
 
     def valid_date(self, col: str) -> str:
         raise NotImplementedError
-
-    def rough_timestamp(self, col: str) -> str:
-        """A cheap test that every valid, past timestamp passes (and a few invalid ones), for
-        checks that finish the job elsewhere."""
-        return f"{col} LIKE '____-__-__ __:__:__%' AND {self.text(col)} <= :now"
 
     def real_day(self, col: str) -> str:
         """The day of a well-formed text date or time is one its month has (no 2026-02-30).
@@ -683,18 +681,30 @@ class PostgresDialect(Dialect):
         )
 
     def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
-        # Rows are grouped by their text up to the minute (or the second, for a short window)
-        # with only the checks the group's key cannot make; each key, a few thousand at most,
-        # is then checked in full, once. Checking each row's text in full costs three times the
-        # rest of the panel. The span, from the valid groups' first and last rows, picks the
-        # bucket width; the groups add up into buckets of it. Buckets finer than a minute
-        # (a span of hours) come from a second pass by the second, made only then.
+        # Rows are grouped by their text up to the hour, the minute or the second, with only
+        # the checks the group's key cannot make; each key, a few thousand at most, is then
+        # checked in full, once. Checking each row's text in full costs three times the rest of
+        # the panel. The span, from the valid groups' first and last rows, picks the bucket
+        # width; the groups add up into buckets of it.
+        # Without a short window, a sample of the table's pages tells whether the span is long
+        # enough for buckets of an hour or more: its rows are some of the panel's, so their span
+        # is never longer than the panel's, and then one pass by the hour does (a third of the
+        # cost of one by the minute, whose groups are sixty times as many). Otherwise the pass
+        # is by the minute, and buckets finer than a minute (a span of hours) come from a
+        # second pass by the second, made only then.
         # The same pass finds the summary's newest row and its rows of the last five minutes
         # (see complete_summary): a last row, of no bucket, holds them.
         at = self.text("accessed_at")
         span = WINDOWS[b.q.window]
-        seconds_key = span is not None and span <= SECOND_KEYS_WITHIN
-        levels = [KEY_SECOND] if seconds_key else [KEY_MINUTE, KEY_SECOND]
+        if span is not None and span <= SECOND_KEYS_WITHIN:
+            gates = {KEY_SECOND: ""}
+        else:
+            gates = {
+                KEY_HOUR: "(SELECT hourly FROM hint)",
+                KEY_MINUTE: "NOT (SELECT hourly FROM hint)",
+                KEY_SECOND: f"(SELECT chars FROM width) > {KEY_MINUTE}",
+            }
+        firsts = [key for key in gates if key != KEY_SECOND] or [KEY_SECOND]
         # The newest row is the later of the last row with a value and the last without one
         # (rarely any): a third comparison of every row's text would cost more.
         if value is None:
@@ -713,31 +723,33 @@ class PostgresDialect(Dialect):
                 f" MAX({at}) FILTER (WHERE NOT ({b.valid(value)})) AS unused_last"
             )
         ctes = []
-        for key in levels:
-            gate = "" if key == levels[0] else "(SELECT chars FROM width) > 16\n    AND "
+        if KEY_HOUR in gates:
+            ctes.append(f"hint AS MATERIALIZED (\n  {self.hourly_sql(b, value, chars)})")
+        for key, gate in gates.items():
             # (a CTE of its own: a condition on a grouped key would be checked on every row)
             ctes.append(
                 f"""m{key} AS MATERIALIZED (
   SELECT {self.prefix(at, str(key))} AS key, {vals},
     {ends}, COUNT(*) FILTER (WHERE {at} >= :recent) AS recent
   FROM {self.unestimated(["accessed_at", *([value] if value else [])])}
-  WHERE {gate}{self._row_terms(b, key)}
+  WHERE {gate + chr(10) + "    AND " if gate else ""}{self._row_terms(b, key)}
   GROUP BY 1),
 d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
 g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}")})"""
             )
-        first = f"g{levels[0]}"
+        first = " UNION ALL ".join(f"SELECT * FROM g{key}" for key in firsts)
         ctes.insert(
-            1,
-            f"""bounds AS MATERIALIZED (SELECT MIN(first) AS lo, MAX(last) AS hi FROM {first}),
+            len(ctes) - 1 if len(gates) > 1 else len(ctes),
+            f"""firsts AS MATERIALIZED ({first}),
+bounds AS MATERIALIZED (SELECT MIN(first) AS lo, MAX(last) AS hi FROM firsts),
 span AS MATERIALIZED (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM bounds),
 width AS MATERIALIZED (SELECT {chars} AS chars FROM span)""",
         )
-        groups = (
-            f"SELECT * FROM g{KEY_SECOND}"
-            if seconds_key
-            else f"SELECT * FROM g{KEY_MINUTE} WHERE (SELECT chars FROM width) <= 16\n"
-            f"  UNION ALL SELECT * FROM g{KEY_SECOND}"
+        levels = list(gates)
+        groups = "\n  UNION ALL ".join(
+            f"SELECT * FROM g{key}"
+            + (f" WHERE (SELECT chars FROM width) <= {key}" if key != levels[-1] else "")
+            for key in levels
         )
         with_ = ",\n".join(ctes)
         return f"""WITH {with_}
@@ -751,35 +763,61 @@ SELECT * FROM (
   ORDER BY 1) AS buckets
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, GREATEST(MAX(last), MAX(unused_last)), SUM(recent)::bigint
-FROM {first}"""
+FROM firsts"""
+
+    def hourly_sql(self, b: Builder, value: str | None, chars: str) -> str:
+        """Whether the rows of a sample of the table's pages (SAMPLE_PERCENT of them, the same
+        each time) that the timeline would use span enough for buckets of an hour or more. The
+        timeline's span is never shorter than theirs, so its buckets are then an hour or more
+        too. A sample that cannot tell (too few pages, or a shorter span) leaves the pass by the
+        minute."""
+        at = self.text("accessed_at")
+        sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
+        used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
+        return f"""SELECT COALESCE(({chars}) <= {KEY_HOUR}, FALSE) AS hourly
+  FROM (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds
+    FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi FROM {sample}
+      WHERE {used}) AS ends) AS span"""
 
     def _row_terms(self, b: Builder, key: int) -> str:
-        """What a row's time must pass besides its key's check: its shape, the clock after the
-        key (seconds and fraction) and the window."""
+        """What a row's time must pass besides its key's check (see valid_key): the clock after
+        the key, looked up among its values (from the colon after the key to the seconds, and
+        the point when a fraction follows), the fraction's digits, the window and the present.
+        Positions are in bytes: a key that passes its check is ASCII, one byte a character."""
         at = "accessed_at"
         text = self.text(at)
+        data = f"textsend({at})"
         terms = [f"{text} >= :since"] if b.q.since is not None else []
-        terms.append(self.rough_timestamp(at))
-        if key == KEY_MINUTE:
-            terms.append(self._clock_tail(at))
-        else:  # the key holds the seconds: only the point and the fraction are left to check
-            terms.append(
-                f"CASE octet_length({at}) WHEN 19 THEN TRUE\n      ELSE"
-                f" substr(textsend({at}), 20, 1) = '\\x2e'::bytea AND {self._fraction(at)} END"
-            )
+        terms.append(f"{text} <= :now")
+        # ':MM' (after the hour) and ':SS', each a colon and two digits below 60, then the
+        # point when a fraction follows
+        colon = two_bytes(60, prefix=":")
+        minutes = [f"substr({data}, 14, 3) IN ({colon})"] if key < KEY_MINUTE else []
+        if key < KEY_SECOND:
+            whole = " AND ".join([*minutes, f"substr({data}, 17, 3) IN ({colon})"])
+            seconds = f"substr({data}, 17, 4) IN ({two_bytes(60, '.', ':')})"
+            point = " AND ".join([*minutes, seconds])
+        else:
+            whole, point = "TRUE", f"substr({data}, 20, 1) = '\\x2e'::bytea"
+        terms.append(
+            f"CASE octet_length({at}) WHEN 19 THEN {whole}\n"
+            f"      ELSE {self._fraction(at)} AND {point} END"
+        )
         return "\n      AND ".join(terms)
 
     def valid_key(self, key: int, days: str) -> str:
-        """A timeline group's key, the first ``key`` characters of a timestamp whose separators
-        are in place, is a real time: its day is one of the groups' distinct ``days`` that is
-        real (a few, checked in full), and its clock's parts are two digits in range."""
-        parts = [(12, 24), (15, 60)] + ([(18, 60)] if key == KEY_SECOND else [])
+        """A timeline group's key, the first ``key`` characters of a row's text, is the start
+        of a real time: its separators are in place, its day is one of the groups' distinct
+        ``days`` that is real (a few, checked in full), and its clock's parts are two digits in
+        range. Such a key is all ASCII."""
+        parts = [(12, 24), (15, 60), (18, 60)][: (key - 10) // 3]
         clock = " AND ".join(
             f"substr(key, {start}, 2) IN ({two_digits(count)})" for start, count in parts
         )
+        shape = "____-__-__ __:__:__"[:key]
         # (IS TRUE keeps the days a hashed list: taking the groups to be few, the planner would
         # otherwise join them to the days in a loop over every day for every group)
-        return f"""(substr(key, 1, 10) IN (SELECT day FROM {days}
+        return f"""key LIKE '{shape}' AND (substr(key, 1, 10) IN (SELECT day FROM {days}
     WHERE {self.valid_date("day")} AND day NOT LIKE '0000%' AND {self.real_day("day")})) IS TRUE
   AND {clock}"""
 
@@ -1107,13 +1145,17 @@ def top_people_sql(b: Builder) -> Statement:
 def timeline_sql(b: Builder) -> Statement:
     f = b.q.field
     value = None if FIELDS[f].is_time else f
-    # The finest text-prefix bucket that keeps the count within the limit, from the span.
+    return b.statement(b.d.timeline_sql(b, value, bucket_chars(b)))
+
+
+def bucket_chars(b: Builder) -> str:
+    """SQL of the finest text-prefix bucket (its length in characters) that keeps the count of
+    buckets within the limit, from the span in ``seconds``."""
     choice = "\n    ".join(
         f"WHEN seconds / {width} + 2 <= {b.q.buckets} THEN {length}"
         for length, width in BUCKET_STEPS[:-1]
     )
-    chars = f"CASE\n    {choice}\n    ELSE {BUCKET_STEPS[-1][0]} END"
-    return b.statement(b.d.timeline_sql(b, value, chars))
+    return f"CASE\n    {choice}\n    ELSE {BUCKET_STEPS[-1][0]} END"
 
 
 def distribution_sql(b: Builder) -> Statement:
