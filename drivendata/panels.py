@@ -103,6 +103,9 @@ SECOND_KEYS_WITHIN = timedelta(hours=24)
 # The share of the table's pages (in percent) whose rows tell PostgreSQL's timeline whether
 # its span is long enough for a pass by the hour: about a thousand rows of a million.
 SAMPLE_PERCENT = 0.1
+# PostgreSQL's top sessions: the rank, among a sample's rows, of the value that cuts the rows
+# worth ranking (see PostgresDialect.top_candidates).
+CUT_RANK = 3
 # Fields of at most 36,001 distinct whole numbers, whose distribution and histogram PostgreSQL
 # computes from a count of each value.
 FEW_VALUES = ("session_duration", "download_speed", "upload_speed")
@@ -882,6 +885,8 @@ FROM {self.table} WHERE {where}"""
         # A field of few distinct values: one hashed pass counts each value (and the rows the
         # other panels cannot use); the quartiles come from the running totals of those counts
         # and the bins from adding them up, where exact percentiles would sort every row.
+        # The same pass finds the top sessions (see top_candidates): a column ``panel`` tells
+        # whose each row is.
         f = b.q.field
         others = COUNTED_BY_VALUES
         needs = needs_flags(b)
@@ -890,13 +895,29 @@ FROM {self.table} WHERE {where}"""
         bins = b.q.bins
         index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
         totals = ", ".join(f"SUM(skipped_{name}) AS skipped_{name}" for name in others)
-        return f"""WITH counted AS MATERIALIZED (
-  SELECT {f} AS v, COUNT(*) AS c,
+        columns = [
+            "bins.bin",
+            "bins.count",
+            "stats.min AS lo",
+            "stats.max AS hi",
+            *(f"stats.{name}" for name in ("n", "min", "max", "mean")),
+            *(f"stats.{k}_{end}" for k in ("q1", "median", "q3") for end in ("lo", "hi")),
+            "totals.rows",
+            "totals.skipped_values",
+            *(f"totals.skipped_{name}" for name in others),
+        ]
+        cut, top_y, top_name, tops = self.top_candidates(b)
+        read = [f, b.q.versus, "person_name", "user_name"]
+        if b.q.since is not None:
+            read.append("accessed_at")
+        return f"""WITH {cut},
+counted AS MATERIALIZED (
+  SELECT {f} AS v, {top_y} AS top_y, {top_name} AS top_name, COUNT(*) AS c,
     {skips}
-  FROM {self.table}
+  FROM {self.unestimated(list(dict.fromkeys(read)))}
   WHERE {b.where()}
-  GROUP BY 1),
-g AS MATERIALIZED (SELECT v, c FROM counted WHERE v IS NOT NULL),
+  GROUP BY 1, 2, 3),
+g AS MATERIALIZED (SELECT v, SUM(c) AS c FROM counted WHERE v IS NOT NULL GROUP BY v),
 c AS MATERIALIZED (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
 s AS MATERIALIZED (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
   SUM(CAST(v AS NUMERIC) * c) / SUM(c) AS mean FROM g),
@@ -910,10 +931,56 @@ bins AS MATERIALIZED (
   SELECT CASE WHEN s.max = s.min THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
     SUM(c) AS count
   FROM g, s
-  GROUP BY 1)
-SELECT bins.bin, bins.count, stats.min AS lo, stats.max AS hi, stats.*, totals.*
+  GROUP BY 1),
+{tops}
+SELECT 'values' AS panel, {", ".join(columns)},
+  NULL AS person_name, NULL AS x, NULL AS y, NULL::bigint AS rank
 FROM stats CROSS JOIN totals LEFT JOIN bins ON TRUE
-ORDER BY bins.bin"""
+UNION ALL
+SELECT 'top_traffic', {", ".join(["NULL"] * len(columns))}, person_name, x, y, rank FROM tops
+ORDER BY panel DESC, bin, rank"""
+
+    def top_candidates(self, b: Builder) -> tuple[str, str, str, str]:
+        """The top sessions from a pass grouped by the field's values: SQL of a CTE ``cut``, the
+        pass's two extra group keys, and a CTE ``tops`` of the ranked sessions.
+
+        A sample of the table's pages (SAMPLE_PERCENT of them, the same each time) gives a
+        cut: the third-best ranked value among its rows, about three thousand rows' worth of
+        the table whatever its size. The pass keeps each row at or above the cut in a group
+        of its own (its value, ranked value and person: rows alike share one), and every other
+        row in its value's group. Once ten rows are at or above the cut, the ten best are
+        among them; only when fewer are (a small table, or a sample of no rows) does one more
+        pass rank them all, as the panel's own statement would."""
+        x, y = b.q.field, b.q.versus
+        yv = b.value(y)
+        used = b.where(b.valid(x), b.valid(y))
+        sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
+        cut = f"""cut AS MATERIALIZED (
+  SELECT MIN(y) AS y FROM (SELECT {yv} AS y FROM {sample}
+    WHERE {used}
+    ORDER BY 1 DESC LIMIT {CUT_RANK}) AS best)"""
+        # (the cut first: most rows stop there, before the checks)
+        kept = f"{yv} >= (SELECT y FROM cut) AND {b.valid(x)} AND {b.valid(y)}"
+        order = f"y DESC, x DESC, {self.text('person_name')}"
+        tops = f"""enough AS MATERIALIZED (
+  SELECT COALESCE(SUM(c), 0) >= {TOP} AS yes FROM counted WHERE top_y IS NOT NULL),
+tops AS MATERIALIZED (
+  SELECT person_name, x, y, ROW_NUMBER() OVER (ORDER BY {order}) AS rank FROM (
+    SELECT top_name AS person_name, v AS x, top_y AS y
+    FROM counted CROSS JOIN generate_series(1, LEAST(c, {TOP})) AS copies
+    WHERE top_y IS NOT NULL AND (SELECT yes FROM enough)
+    UNION ALL
+    SELECT person_name, {x}, {yv} FROM {self.table}
+    WHERE NOT (SELECT yes FROM enough)
+      AND {used}) AS ranked
+  ORDER BY {order}
+  LIMIT {TOP})"""
+        return (
+            cut,
+            f"CASE WHEN {kept} THEN {yv} END",
+            f"CASE WHEN {kept} THEN person_name END",
+            tops,
+        )
 
 
 class AthenaDialect(Dialect):
@@ -1124,6 +1191,8 @@ class Builder:
 
 
 def top_traffic_sql(b: Builder) -> Statement:
+    if b.d.values_panels(b.q):
+        return b.statement(b.d.values_sql(b))
     x, y = b.q.field, b.q.versus
     sql = f"""SELECT person_name, {x} AS x, {y} AS y
 FROM {b.d.table}
@@ -1310,6 +1379,7 @@ def _field_values(frame: pd.DataFrame, column: str, name: str) -> None:
 
 
 def shape_top_traffic(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    rows = part_of(rows, "top_traffic", ["person_name", "x", "y"])
     out = rows.rename(columns={"x": q.field, "y": q.versus}).copy()
     if q.field == q.versus:
         out = out.loc[:, ~out.columns.duplicated()]
@@ -1319,10 +1389,11 @@ def shape_top_traffic(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def part_of(rows: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
-    """A panel's rows of a statement it shares with another (people_sql), or all of them."""
+def part_of(rows: pd.DataFrame, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A panel's rows of a statement it shares with another, tagged ``name`` in a column
+    ``panel`` (people_sql, values_sql), or all of them: its ``columns``, or all but the tag."""
     if "panel" in rows:
-        rows = rows.loc[rows["panel"] == name, columns]
+        rows = rows.loc[rows["panel"] == name, columns or rows.columns.drop("panel")]
     return rows
 
 
@@ -1373,6 +1444,7 @@ def _bucket_start(prefix: str) -> datetime:
 
 
 def shape_distribution(rows: pd.DataFrame, q: Query) -> dict[str, Any]:
+    rows = part_of(rows, "values")
     row = rows.iloc[0].to_dict() if len(rows) else {}
     n = int(row.get("n") or 0)
     out: dict[str, Any] = {"count": n}
@@ -1421,6 +1493,7 @@ def _interpolate(lo: Any, hi: Any, position: float, time: bool) -> float:
 
 
 def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
+    rows = part_of(rows, "values")
     counted = None
     if "skipped_values" in rows:  # the values' pass (values_sql): its counts are the summary's
         first = rows.iloc[0]

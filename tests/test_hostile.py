@@ -24,7 +24,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -50,6 +50,7 @@ from drivendata.database import (
     writer,
 )
 from drivendata.panels import (
+    CUT_RANK,
     FIELDS,
     PANELS,
     SAMPLE_PERCENT,
@@ -374,6 +375,17 @@ def queries() -> st.SearchStrategy[Query]:
     )
 
 
+def samples() -> st.SearchStrategy[tuple[float, int]]:
+    """PostgreSQL's samples (see sampling). Its share of a small table's pages is no page at
+    all: the timeline then makes its pass by the minute, and the top sessions come from a pass
+    of their own. With every page, a long span takes the pass by the hour, and a cut at the
+    tenth or a later row finds the top sessions in the values' pass."""
+    return st.one_of(
+        st.just((SAMPLE_PERCENT, CUT_RANK)),
+        st.tuples(st.just(100.0), st.sampled_from([CUT_RANK, 10, 15, 1000])),
+    )
+
+
 # ---------------------------------------------------------------- checking results
 
 
@@ -524,13 +536,11 @@ def test_hostile_rows_never_break_a_panel_and_agree_with_the_oracle(
     """Every panel answers within its size bound, counts what it skipped, and matches pandas."""
     given_rows = data.draw(rows(store.kind), label="rows")
     q = data.draw(queries(), label="query")
-    # PostgreSQL's timeline samples too few of a small table's pages to see its span: with all
-    # of them, a long span takes the pass by the hour
-    whole = data.draw(st.booleans(), label="whole sample")
+    sample = data.draw(samples(), label="sample")
     stored = store.fill(given_rows)
     # Every value comes back as it went in: astral characters, control characters, quotes.
     assert Counter(stored) == Counter(given_rows)
-    with store.read.connect() as conn, sampling(100 if whole else SAMPLE_PERCENT):
+    with store.read.connect() as conn, sampling(*sample):
         out = compute(conn, store.source, q)
     check_bounds(out, q)
     check_accounting(out, q)
@@ -578,8 +588,9 @@ def test_many_rows_of_one_person_and_time_stay_bounded(store: Store, data: st.Da
         row.update(dict.fromkeys(NUMBERS, value))
         made.append(tuple(row[c] for c in COLUMN_NAMES))
     q = data.draw(queries(), label="query")
+    sample = data.draw(samples(), label="sample")
     stored = store.fill(made)
-    with store.read.connect() as conn:
+    with store.read.connect() as conn, sampling(*sample):
         out = compute(conn, store.source, q)
     check_bounds(out, q)
     check_accounting(out, q)
@@ -676,9 +687,15 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
-def sampling(percent: float) -> AbstractContextManager[Any]:
-    """PostgreSQL's timeline with this share of the table's pages as its sample."""
-    return mock.patch.object(panels, "SAMPLE_PERCENT", percent)
+@contextmanager
+def sampling(percent: float, cut_rank: int = CUT_RANK) -> Iterator[None]:
+    """PostgreSQL's panels with this share of the table's pages as their samples, and the top
+    sessions' cut at this rank among the sample's rows."""
+    with (
+        mock.patch.object(panels, "SAMPLE_PERCENT", percent),
+        mock.patch.object(panels, "CUT_RANK", cut_rank),
+    ):
+        yield
 
 
 def hourly(store: Store, q: Query) -> bool:
@@ -749,6 +766,35 @@ def test_a_span_of_hours_gets_buckets_finer_than_a_minute(store: Store, window: 
     check_accounting(out, q)
     check_oracle(out, Oracle(as_oracle_sees(stored), q.now, q.window), q, store.kind == "sqlite")
     assert len(out["timeline"]) > 100  # finer than a minute: 85 minutes in ten-second buckets
+
+
+@pytest.mark.parametrize("cut_rank", [3, 10, 12, 1000])
+@pytest.mark.parametrize("versus", ["consumed_traffic", "accessed_at"])
+def test_the_top_sessions_found_in_the_values_pass(
+    store: Store, cut_rank: int, versus: str
+) -> None:
+    """PostgreSQL ranks the top sessions among the rows at or above a cut, from a sample, in
+    the values' pass when ten rows or more are (here the whole table is the sample, and the
+    cut its 10th, 12th or last row), and in a pass of its own when fewer are (a cut at the 3rd
+    row): ties at the cut, rows alike, rows of no usable value above it. Against the oracle."""
+    made = []
+    for i in range(40):
+        row = dict.fromkeys(COLUMN_NAMES)
+        at = NOW - timedelta(minutes=i // 3)  # three rows a minute: ties on accessed_at too
+        row.update(person_name=f"P{i % 4}", user_name=f"u{i}", accessed_at=at.strftime(TS_FORMAT))
+        row.update(dict.fromkeys(NUMBERS, 400 - 10 * (i // 2)), upload_speed=i % 3)
+        made.append(row)
+    made += [dict(made[9]) for _ in range(12)]  # rows alike, from the 10th row down
+    made += [dict(made[0], upload_speed=None), dict(made[0], consumed_traffic=None)]
+    made += [dict(made[0], accessed_at="2026-11-28 99:00:00")]
+    stored = store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in made])
+    q = Query(field="upload_speed", versus=versus, now=NOW)
+    with sampling(100, cut_rank), store.read.connect() as conn:
+        out = compute(conn, store.source, q)
+    check_bounds(out, q)
+    check_accounting(out, q)
+    check_oracle(out, Oracle(as_oracle_sees(stored), q.now, q.window), q, store.kind == "sqlite")
+    assert len(out["top_traffic"]) == 10
 
 
 def test_a_users_latest_well_formed_birth_date_counts(store: Store) -> None:

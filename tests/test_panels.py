@@ -24,7 +24,7 @@ from drivendata.panels import (
 )
 from drivendata.stream import Generator, insert
 
-from .conftest import Dataset
+from .conftest import POSTGRES_URL, Dataset, postgres_available
 from .oracle import Oracle, parse
 
 CASES = [
@@ -193,6 +193,25 @@ def test_reading_connections_cannot_write(dataset: Dataset) -> None:
     engine = reader(dataset.source)
     with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError):
         conn.execute(sa.text(f"DELETE FROM {table_sql(dataset.source)}"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("server", "session"), [("4MB", "16MB"), ("64MB", "64MB")])
+def test_postgresql_readers_raise_work_mem_never_lower_it(server: str, session: str) -> None:
+    """The panels' sessions get WORK_MEM for their hash tables where the server gives less, and
+    keep what it gives where that is more (the role's or the database's setting, as a DBA
+    makes it; here the same, set before the reader's own step runs)."""
+    postgres_available()
+    engine = reader(source_from(POSTGRES_URL, "streaming_layer.streaming_data"))
+
+    @sa.event.listens_for(engine, "connect", insert=True)
+    def server_setting(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET work_mem = '{server}'")
+        dbapi_conn.commit()
+
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW work_mem")).scalar() == session
     engine.dispose()
 
 
