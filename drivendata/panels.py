@@ -103,8 +103,8 @@ SECOND_KEYS_WITHIN = timedelta(hours=24)
 # The share of the table's pages (in percent) whose rows tell PostgreSQL's timeline whether
 # its span is long enough for a pass by the hour: about a thousand rows of a million.
 SAMPLE_PERCENT = 0.1
-# PostgreSQL's top sessions: the rank, among a sample's rows, of the value that cuts the rows
-# worth ranking (see PostgresDialect.top_candidates).
+# PostgreSQL's top sessions and people: the rank, among a sample's rows, of the value that cuts
+# the rows worth ranking (see PostgresDialect.cuts_sql).
 CUT_RANK = 3
 # Fields of at most 36,001 distinct whole numbers, whose distribution and histogram PostgreSQL
 # computes from a count of each value.
@@ -828,31 +828,49 @@ FROM firsts"""
     fuses_people = True
 
     def people_sql(self, b: Builder, group: str) -> str:
-        # One hashed pass by (user, person), which the server splits between its workers, for
-        # both panels: a user is one person, so there are about as many pairs as users, and
-        # each panel adds its pairs up. A person's value is their best; a user's birth date the
-        # latest well-formed, past one among their rows: the latest that a cheap shape test
-        # lets through is it when it is well-formed, and only the users for whom it is not (a
-        # junk date of the right shape) have their rows read again.
+        # One hashed pass by user for the age groups, and by (user, person) when the top people
+        # come from it too (a field whose values' pass does not find them): a user is one
+        # person, so there are about as many pairs as users, and each panel adds its pairs up.
+        # Two keys of text cost half as much again as one. A person's value is their best; a
+        # user's birth date the latest well-formed, past one among their rows: the latest that
+        # a cheap shape test lets through is it when it is well-formed, and only the users for
+        # whom it is not (a junk date of the right shape) have their rows read again.
         f = b.q.field
         bd = self.text("birth_date")
         user = self.nonempty("user_name")
-        columns = ["user_name", "person_name", "birth_date", f]
+        ranks = not self.values_panels(b.q)
+        keys = ["user_name", "person_name"] if ranks else ["user_name"]
+        columns = [*keys, "birth_date", *([f] if ranks else [])]
         if b.q.since is not None:
             columns.append("accessed_at")
-        return f"""WITH pairs AS MATERIALIZED (
-  SELECT user_name, person_name,
-    MAX({b.value(f)}) FILTER (WHERE {b.valid(f)} AND {self.nonempty("person_name")}) AS best,
-    MAX({bd}) FILTER (WHERE birth_date LIKE '____-__-__' AND {bd} <= :today) AS rough
-  FROM {self.unestimated(list(dict.fromkeys(columns)))}
-  WHERE {b.where()}
-  GROUP BY user_name, person_name),
-best AS MATERIALIZED (
+        usable = f"{b.valid(f)} AND {self.nonempty('person_name')}"
+        best = f"\n    MAX({b.value(f)}) FILTER (WHERE {usable}) AS best," if ranks else ""
+        top = (
+            f"""best AS MATERIALIZED (
   SELECT person_name, MAX(best) AS value FROM pairs WHERE best IS NOT NULL
   GROUP BY person_name
   ORDER BY value DESC, {self.text("person_name")}
   LIMIT {TOP}),
-checked AS MATERIALIZED (
+"""
+            if ranks
+            else ""
+        )
+        people = (
+            """  SELECT 'top_people' AS panel, person_name, value, NULL AS age_group,
+    NULL::bigint AS users
+  FROM best
+  UNION ALL
+"""
+            if ranks
+            else ""
+        )
+        return f"""WITH pairs AS MATERIALIZED (
+  SELECT {", ".join(keys)},{best}
+    MAX({bd}) FILTER (WHERE birth_date LIKE '____-__-__' AND {bd} <= :today) AS rough
+  FROM {self.unestimated(list(dict.fromkeys(columns)))}
+  WHERE {b.where()}
+  GROUP BY {", ".join(keys)}),
+{top}checked AS MATERIALIZED (
   SELECT user_name, rough, rough IS NULL OR {self.valid_date("rough")} AS ok
   FROM (SELECT user_name, MAX(rough) AS rough FROM pairs WHERE {user} GROUP BY user_name)
     AS latest),
@@ -864,10 +882,8 @@ redone AS MATERIALIZED (
     AND {b.where(user)}
   GROUP BY user_name)
 SELECT * FROM (
-  SELECT 'top_people' AS panel, person_name, value, NULL AS age_group, NULL::bigint AS users
-  FROM best
-  UNION ALL
-  SELECT 'age_groups', NULL, NULL, {group}, COUNT(*)
+{people}  SELECT 'age_groups' AS panel, NULL AS person_name, NULL AS value, {group} AS age_group,
+    COUNT(*) AS users
   FROM (SELECT rough AS bd FROM checked WHERE ok UNION ALL SELECT bd FROM redone) AS users
   GROUP BY 4) AS parts
 ORDER BY panel DESC, value DESC, {self.text("person_name")}"""
@@ -885,8 +901,8 @@ FROM {self.table} WHERE {where}"""
         # A field of few distinct values: one hashed pass counts each value (and the rows the
         # other panels cannot use); the quartiles come from the running totals of those counts
         # and the bins from adding them up, where exact percentiles would sort every row.
-        # The same pass finds the top sessions (see top_candidates): a column ``panel`` tells
-        # whose each row is.
+        # The same pass finds the top sessions and the top people (see the CTEs of cuts): a
+        # column ``panel`` tells whose each row is.
         f = b.q.field
         others = COUNTED_BY_VALUES
         needs = needs_flags(b)
@@ -906,17 +922,21 @@ FROM {self.table} WHERE {where}"""
             "totals.skipped_values",
             *(f"totals.skipped_{name}" for name in others),
         ]
-        cut, top_y, top_name, tops = self.top_candidates(b)
+        blank = ", ".join(["NULL"] * len(columns))
         read = [f, b.q.versus, "person_name", "user_name"]
         if b.q.since is not None:
             read.append("accessed_at")
-        return f"""WITH {cut},
+        top, person = self.cut_rows(b)
+        return f"""WITH {self.cuts_sql(b)},
 counted AS MATERIALIZED (
-  SELECT {f} AS v, {top_y} AS top_y, {top_name} AS top_name, COUNT(*) AS c,
+  SELECT {f} AS v, CASE WHEN {top} THEN {b.value(b.q.versus)} END AS top_y,
+    CASE WHEN {top} THEN person_name END AS top_name,
+    CASE WHEN {person} THEN person_name END AS person,
+    COUNT(*) AS c,
     {skips}
   FROM {self.unestimated(list(dict.fromkeys(read)))}
   WHERE {b.where()}
-  GROUP BY 1, 2, 3),
+  GROUP BY 1, 2, 3, 4),
 g AS MATERIALIZED (SELECT v, SUM(c) AS c FROM counted WHERE v IS NOT NULL GROUP BY v),
 c AS MATERIALIZED (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
 s AS MATERIALIZED (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
@@ -932,55 +952,80 @@ bins AS MATERIALIZED (
     SUM(c) AS count
   FROM g, s
   GROUP BY 1),
-{tops}
+{self.tops_sql(b)}
 SELECT 'values' AS panel, {", ".join(columns)},
-  NULL AS person_name, NULL AS x, NULL AS y, NULL::bigint AS rank
+  NULL AS person_name, NULL AS x, NULL AS y, NULL::bigint AS value, NULL::bigint AS rank
 FROM stats CROSS JOIN totals LEFT JOIN bins ON TRUE
 UNION ALL
-SELECT 'top_traffic', {", ".join(["NULL"] * len(columns))}, person_name, x, y, rank FROM tops
+SELECT 'top_traffic', {blank}, person_name, x, y, NULL, rank FROM tops
+UNION ALL
+SELECT 'top_people', {blank}, person_name, NULL, NULL, value, rank FROM best
 ORDER BY panel DESC, bin, rank"""
 
-    def top_candidates(self, b: Builder) -> tuple[str, str, str, str]:
-        """The top sessions from a pass grouped by the field's values: SQL of a CTE ``cut``, the
-        pass's two extra group keys, and a CTE ``tops`` of the ranked sessions.
+    # The top sessions and the top people from the values' pass. A sample of the table's pages
+    # (SAMPLE_PERCENT of them, the same each time) gives each a cut: the CUT_RANK-th best value
+    # among the sample's rows that the panel can use, about three thousand rows' worth of the
+    # table whatever its size. The pass keeps each row at or above the cut in a group of its
+    # own: its value, ranked value and person for the sessions (rows alike share one), its
+    # value and person for the people. Once ten rows (or ten people) are at or above the cut,
+    # the ten best are among them, with their values; only when fewer are (a small table, or a
+    # sample of no rows) does one more pass rank them all, as the panel's own statement would.
 
-        A sample of the table's pages (SAMPLE_PERCENT of them, the same each time) gives a
-        cut: the third-best ranked value among its rows, about three thousand rows' worth of
-        the table whatever its size. The pass keeps each row at or above the cut in a group
-        of its own (its value, ranked value and person: rows alike share one), and every other
-        row in its value's group. Once ten rows are at or above the cut, the ten best are
-        among them; only when fewer are (a small table, or a sample of no rows) does one more
-        pass rank them all, as the panel's own statement would."""
+    def cuts_sql(self, b: Builder) -> str:
         x, y = b.q.field, b.q.versus
-        yv = b.value(y)
-        used = b.where(b.valid(x), b.valid(y))
         sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
-        cut = f"""cut AS MATERIALIZED (
-  SELECT MIN(y) AS y FROM (SELECT {yv} AS y FROM {sample}
+
+        def cut(name: str, value: str, used: str) -> str:
+            return f"""{name} AS MATERIALIZED (
+  SELECT MIN(v) AS v FROM (SELECT {value} AS v FROM {sample}
     WHERE {used}
     ORDER BY 1 DESC LIMIT {CUT_RANK}) AS best)"""
-        # (the cut first: most rows stop there, before the checks)
-        kept = f"{yv} >= (SELECT y FROM cut) AND {b.valid(x)} AND {b.valid(y)}"
-        order = f"y DESC, x DESC, {self.text('person_name')}"
-        tops = f"""enough AS MATERIALIZED (
-  SELECT COALESCE(SUM(c), 0) >= {TOP} AS yes FROM counted WHERE top_y IS NOT NULL),
+
+        return ",\n".join(
+            [
+                cut("top_cut", b.value(y), b.where(b.valid(x), b.valid(y))),
+                cut("person_cut", x, b.where(b.valid(x), self.nonempty("person_name"))),
+            ]
+        )
+
+    def cut_rows(self, b: Builder) -> tuple[str, str]:
+        """SQL of whether a row is at or above each cut (the cut first: most rows stop there,
+        before the checks)."""
+        x, y = b.q.field, b.q.versus
+        top = f"{b.value(y)} >= (SELECT v FROM top_cut) AND {b.valid(x)} AND {b.valid(y)}"
+        person = f"{x} >= (SELECT v FROM person_cut) AND {self.nonempty('person_name')}"
+        return top, person
+
+    def tops_sql(self, b: Builder) -> str:
+        x, yv = b.q.field, b.value(b.q.versus)
+        name = self.text("person_name")
+        order = f"y DESC, x DESC, {name}"
+        return f"""enough AS MATERIALIZED (
+  SELECT (SELECT COALESCE(SUM(c), 0) >= {TOP} FROM counted WHERE top_y IS NOT NULL) AS rows,
+    (SELECT COUNT(DISTINCT person) >= {TOP} FROM counted) AS people),
 tops AS MATERIALIZED (
   SELECT person_name, x, y, ROW_NUMBER() OVER (ORDER BY {order}) AS rank FROM (
     SELECT top_name AS person_name, v AS x, top_y AS y
     FROM counted CROSS JOIN generate_series(1, LEAST(c, {TOP})) AS copies
-    WHERE top_y IS NOT NULL AND (SELECT yes FROM enough)
+    WHERE top_y IS NOT NULL AND (SELECT rows FROM enough)
     UNION ALL
     SELECT person_name, {x}, {yv} FROM {self.table}
-    WHERE NOT (SELECT yes FROM enough)
-      AND {used}) AS ranked
+    WHERE NOT (SELECT rows FROM enough)
+      AND {b.where(b.valid(x), b.valid(b.q.versus))}) AS ranked
   ORDER BY {order}
+  LIMIT {TOP}),
+best AS MATERIALIZED (
+  SELECT person_name, value, ROW_NUMBER() OVER (ORDER BY value DESC, {name}) AS rank FROM (
+    SELECT person AS person_name, MAX(v) AS value FROM counted
+    WHERE person IS NOT NULL AND (SELECT people FROM enough)
+    GROUP BY person
+    UNION ALL
+    SELECT person_name, MAX({x}) FROM {self.table}
+    WHERE NOT (SELECT people FROM enough)
+      AND {b.where(b.valid(x), self.nonempty("person_name"))}
+    GROUP BY person_name) AS ranked
+  ORDER BY value DESC, {name}
   LIMIT {TOP})"""
-        return (
-            cut,
-            f"CASE WHEN {kept} THEN {yv} END",
-            f"CASE WHEN {kept} THEN person_name END",
-            tops,
-        )
 
 
 class AthenaDialect(Dialect):
@@ -1203,6 +1248,8 @@ LIMIT {TOP}"""
 
 
 def top_people_sql(b: Builder) -> Statement:
+    if b.d.values_panels(b.q):
+        return b.statement(b.d.values_sql(b))
     if b.d.fuses_people:
         return people_sql(b)
     f = b.q.field

@@ -770,23 +770,24 @@ def test_a_span_of_hours_gets_buckets_finer_than_a_minute(store: Store, window: 
 
 @pytest.mark.parametrize("cut_rank", [3, 10, 12, 1000])
 @pytest.mark.parametrize("versus", ["consumed_traffic", "accessed_at"])
-def test_the_top_sessions_found_in_the_values_pass(
+def test_the_top_sessions_and_people_found_in_the_values_pass(
     store: Store, cut_rank: int, versus: str
 ) -> None:
-    """PostgreSQL ranks the top sessions among the rows at or above a cut, from a sample, in
-    the values' pass when ten rows or more are (here the whole table is the sample, and the
-    cut its 10th, 12th or last row), and in a pass of its own when fewer are (a cut at the 3rd
-    row): ties at the cut, rows alike, rows of no usable value above it. Against the oracle."""
+    """PostgreSQL ranks the top sessions (and the top people) among the rows at or above a cut,
+    from a sample, in the values' pass when ten rows (ten people) or more are: here the whole
+    table is the sample, and the cut its 10th, 12th or last row. It ranks them in a pass of
+    their own when fewer are (a cut at the 3rd row). Ties at the cut, rows alike, rows of no
+    usable value above it; against the oracle."""
     made = []
     for i in range(40):
         row = dict.fromkeys(COLUMN_NAMES)
         at = NOW - timedelta(minutes=i // 3)  # three rows a minute: ties on accessed_at too
-        row.update(person_name=f"P{i % 4}", user_name=f"u{i}", accessed_at=at.strftime(TS_FORMAT))
-        row.update(dict.fromkeys(NUMBERS, 400 - 10 * (i // 2)), upload_speed=i % 3)
+        row.update(person_name=f"P{i % 13}", user_name=f"u{i}", accessed_at=at.strftime(TS_FORMAT))
+        row.update(dict.fromkeys(NUMBERS, 400 - 10 * (i // 2)), upload_speed=i)
         made.append(row)
     made += [dict(made[9]) for _ in range(12)]  # rows alike, from the 10th row down
     made += [dict(made[0], upload_speed=None), dict(made[0], consumed_traffic=None)]
-    made += [dict(made[0], accessed_at="2026-11-28 99:00:00")]
+    made += [dict(made[0], accessed_at="2026-11-28 99:00:00", upload_speed=99, person_name="")]
     stored = store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in made])
     q = Query(field="upload_speed", versus=versus, now=NOW)
     with sampling(100, cut_rank), store.read.connect() as conn:
@@ -794,7 +795,7 @@ def test_the_top_sessions_found_in_the_values_pass(
     check_bounds(out, q)
     check_accounting(out, q)
     check_oracle(out, Oracle(as_oracle_sees(stored), q.now, q.window), q, store.kind == "sqlite")
-    assert len(out["top_traffic"]) == 10
+    assert len(out["top_traffic"]) == len(out["top_people"]) == 10
 
 
 def test_a_users_latest_well_formed_birth_date_counts(store: Store) -> None:
