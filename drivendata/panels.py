@@ -701,13 +701,20 @@ class PostgresDialect(Dialect):
         span = WINDOWS[b.q.window]
         if span is not None and span <= SECOND_KEYS_WITHIN:
             gates = {KEY_SECOND: ""}
+            first = f"SELECT * FROM g{KEY_SECOND}"
         else:
+            # (should the hint be wrong, the minute's pass runs after the hour's: the width from
+            # the hour's groups, right whatever the hint, then asks for it)
             gates = {
                 KEY_HOUR: "(SELECT hourly FROM hint)",
-                KEY_MINUTE: "NOT (SELECT hourly FROM hint)",
+                KEY_MINUTE: f"(NOT (SELECT hourly FROM hint) OR (SELECT chars FROM hour_width)"
+                f" > {KEY_HOUR})",
                 KEY_SECOND: f"(SELECT chars FROM width) > {KEY_MINUTE}",
             }
-        firsts = [key for key in gates if key != KEY_SECOND] or [KEY_SECOND]
+            first = (
+                f"SELECT * FROM g{KEY_HOUR}"
+                f" UNION ALL SELECT * FROM g{KEY_MINUTE} WHERE NOT (SELECT hourly FROM hint)"
+            )
         # The newest row is the later of the last row with a value and the last without one
         # (rarely any): a third comparison of every row's text would cost more.
         if value is None:
@@ -725,10 +732,13 @@ class PostgresDialect(Dialect):
                 f"MIN({at}) {used} AS first, MAX({at}) {used} AS last,"
                 f" MAX({at}) FILTER (WHERE NOT ({b.valid(value)})) AS unused_last"
             )
+        width = f"firsts AS MATERIALIZED ({first}),\n{self._width('', 'firsts', chars)}"
         ctes = []
         if KEY_HOUR in gates:
             ctes.append(f"hint AS MATERIALIZED (\n  {self.hourly_sql(b, value, chars)})")
         for key, gate in gates.items():
+            if key == KEY_SECOND and len(gates) > 1:
+                ctes.append(width)  # which the second's pass asks for
             # (a CTE of its own: a condition on a grouped key would be checked on every row)
             ctes.append(
                 f"""m{key} AS MATERIALIZED (
@@ -740,14 +750,10 @@ class PostgresDialect(Dialect):
 d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
 g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}")})"""
             )
-        first = " UNION ALL ".join(f"SELECT * FROM g{key}" for key in firsts)
-        ctes.insert(
-            len(ctes) - 1 if len(gates) > 1 else len(ctes),
-            f"""firsts AS MATERIALIZED ({first}),
-bounds AS MATERIALIZED (SELECT MIN(first) AS lo, MAX(last) AS hi FROM firsts),
-span AS MATERIALIZED (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM bounds),
-width AS MATERIALIZED (SELECT {chars} AS chars FROM span)""",
-        )
+            if key == KEY_HOUR:
+                ctes.append(self._width("hour_", f"g{KEY_HOUR}", chars))
+        if len(gates) == 1:
+            ctes.append(width)
         levels = list(gates)
         groups = "\n  UNION ALL ".join(
             f"SELECT * FROM g{key}"
@@ -768,6 +774,15 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, GREATEST(MAX(last), MAX(unused_last)), SUM(recent)::bigint
 FROM firsts"""
 
+    def _width(self, prefix: str, groups: str, chars: str) -> str:
+        """CTEs ``{prefix}bounds``, ``{prefix}span`` and ``{prefix}width``: the first and last
+        rows of the timeline's ``groups``, the seconds between them and the bucket width."""
+        return f"""{prefix}bounds AS MATERIALIZED (
+  SELECT MIN(first) AS lo, MAX(last) AS hi FROM {groups}),
+{prefix}span AS MATERIALIZED (
+  SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM {prefix}bounds),
+{prefix}width AS MATERIALIZED (SELECT {chars} AS chars FROM {prefix}span)"""
+
     def hourly_sql(self, b: Builder, value: str | None, chars: str) -> str:
         """Whether the rows of a sample of the table's pages (SAMPLE_PERCENT of them, the same
         each time) that the timeline would use span enough for buckets of an hour or more. The
@@ -777,7 +792,8 @@ FROM firsts"""
         at = self.text("accessed_at")
         sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
         used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
-        return f"""SELECT COALESCE(({chars}) <= {KEY_HOUR}, FALSE) AS hourly
+        # (no row: no span, and no hint)
+        return f"""SELECT seconds IS NOT NULL AND ({chars}) <= {KEY_HOUR} AS hourly
   FROM (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds
     FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi FROM {sample}
       WHERE {used}) AS ends) AS span"""

@@ -24,7 +24,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -57,6 +57,7 @@ from drivendata.panels import (
     TS_FORMAT,
     WINDOWS,
     Builder,
+    PostgresDialect,
     Query,
     QueryError,
     bucket_chars,
@@ -744,6 +745,39 @@ def test_a_near_miss_in_a_valid_hour_is_skipped(store: Store, window: str) -> No
         assert out["timeline"]["sessions"].sum() == 7
         in_window = len(misses) if window == "all" else 0
         assert out["summary"]["skipped"]["timeline"] == in_window
+
+
+@pytest.mark.parametrize("hint", ["TRUE", "FALSE", None])
+@pytest.mark.parametrize("minutes", [50, 200, 1500, 5000, 43_000])
+def test_the_hint_only_picks_the_passes(store: Store, minutes: int, hint: str | None) -> None:
+    """Whatever PostgreSQL's sample says of the span (here also forced to say "long" or
+    "short"), the timeline's buckets are those of the span's true width: spans of 50 minutes
+    to 30 days, from ten-second buckets to hours. A sample of no row says nothing."""
+    rows = []
+    for i in range(120):
+        at = NOW - timedelta(minutes=minutes * i / 119, microseconds=i)
+        row = dict.fromkeys(COLUMN_NAMES)
+        row.update(person_name=f"P{i % 7}", user_name=f"u{i % 11}", birth_date="1990-01-01")
+        row.update(dict.fromkeys(NUMBERS, i), accessed_at=at.strftime(TS_FORMAT))
+        rows.append(tuple(row[c] for c in COLUMN_NAMES))
+    stored = store.fill(rows)
+    q = Query(field="upload_speed", now=NOW)
+    if store.kind == "postgresql":
+        with sampling(0):
+            assert not hourly(store, q)
+    forced = f"SELECT {hint} AS hourly"
+    with (
+        sampling(100),
+        mock.patch.object(PostgresDialect, "hourly_sql", lambda *args: forced)
+        if hint
+        else nullcontext(),
+        store.read.connect() as conn,
+    ):
+        out = compute(conn, store.source, q)
+    check_bounds(out, q)
+    check_accounting(out, q)
+    check_oracle(out, Oracle(as_oracle_sees(stored), q.now, q.window), q, store.kind == "sqlite")
+    assert out["timeline"]["sessions"].sum() == 120
 
 
 @pytest.mark.parametrize("window", ["all", "24h"])
