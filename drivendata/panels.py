@@ -481,14 +481,17 @@ class SQLiteDialect(Dialect):
     (SELECT {at} FROM {self.table} WHERE {span_where} ORDER BY {at} DESC LIMIT 1) AS hi
   ) AS bounds),
 width AS MATERIALIZED (SELECT lo, hi, {chars} AS chars FROM span),
-step AS MATERIALIZED (SELECT chars, CASE chars {steps} END AS seconds,
+step AS MATERIALIZED (SELECT chars, seconds,
   CASE
     WHEN chars = 7 THEN strftime('%Y-%m-01 00:00:00', lo)
     WHEN chars = 4 THEN strftime('%Y-01-01 00:00:00', lo)
-    ELSE strftime('%Y-%m-%d %H:%M:%S',
-      CAST(CAST(({self.seconds("lo")}) AS INTEGER) / CASE chars {steps} END
-           * CASE chars {steps} END AS INTEGER), 'unixepoch') END AS first, hi
-  FROM width WHERE lo IS NOT NULL),
+    ELSE strftime('%Y-%m-%d %H:%M:%S', whole - ((whole % seconds) + seconds) % seconds,
+      'unixepoch') END AS first, hi
+  -- (whole: the second of lo, rounded down also before 1970, where CAST rounds up; the
+  -- bucket's start rounded down the same way)
+  FROM (SELECT chars, CASE chars {steps} END AS seconds, lo, hi,
+      CAST(s AS INTEGER) - (s < CAST(s AS INTEGER)) AS whole
+    FROM (SELECT chars, lo, hi, {self.seconds("lo")} AS s FROM width WHERE lo IS NOT NULL))),
 buckets(start, stop) AS (
   SELECT first, CASE
     WHEN chars = 7 THEN datetime(first, '+1 month')
