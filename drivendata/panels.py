@@ -101,7 +101,8 @@ TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 KEY_HOUR, KEY_MINUTE, KEY_SECOND = 13, 16, 19
 SECOND_KEYS_WITHIN = timedelta(hours=24)
 # The share of the table's pages (in percent) whose rows tell PostgreSQL's timeline whether
-# its span is long enough for a pass by the hour: about a thousand rows of a million.
+# its span is long enough for a pass by the hour, and its top sessions and people where to cut
+# (see CUT_RANK): about a thousand rows of a million.
 SAMPLE_PERCENT = 0.1
 # PostgreSQL's top sessions and people: the rank, among a sample's rows, of the value that cuts
 # the rows worth ranking (see PostgresDialect.cuts_sql).
