@@ -340,9 +340,16 @@ FROM s"""
     def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
         raise NotImplementedError
 
-    def histogram_by_expression(self, num: str, index: str, where: str, bins: int) -> str:
+    def histogram_by_expression(
+        self, num: str, index: str, where: str, bins: int, bounds: str | None = None
+    ) -> str:
+        """Bins of ``index`` over the rows of ``where``; ``bounds`` is a one-row query of the
+        range (lo, hi) of ``num``, by default its least and greatest."""
+        bounds = (
+            bounds or f"SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where}"
+        )
         return f"""WITH r AS MATERIALIZED (
-  SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where})
+  {bounds})
 SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE {self.least}({index}, {bins - 1}) END AS bin,
   COUNT(*) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
 FROM {self.table}, r
@@ -1133,9 +1140,14 @@ FROM sized
 GROUP BY 1
 ORDER BY 1"""
 
-    def histogram_by_expression(self, num: str, index: str, where: str, bins: int) -> str:
+    def histogram_by_expression(
+        self, num: str, index: str, where: str, bins: int, bounds: str | None = None
+    ) -> str:
+        bounds = (
+            bounds or f"SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where}"
+        )
         return f"""WITH r AS (
-  SELECT MIN({num}) AS lo, MAX({num}) AS hi FROM {self.table} WHERE {where})
+  {bounds})
 SELECT CASE WHEN r.hi = r.lo THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
   COUNT(*) AS count, MIN(r.lo) AS lo, MIN(r.hi) AS hi
 FROM {self.table} CROSS JOIN r
@@ -1311,7 +1323,14 @@ def histogram_sql(b: Builder) -> Statement:
     if FIELDS[f].is_time:
         num = b.number(f)
         index = b.d.floor(f"({num} - r.lo) * {b.q.bins} / (r.hi - r.lo)")
-        sql = b.d.histogram_by_expression(num, index, where, b.q.bins)
+        # The first and last times are the least and greatest texts (ISO text sorts as time
+        # does): seconds of two values, not of every row.
+        ends = f"SELECT MIN({b.value(f)}) AS lo, MAX({b.value(f)}) AS hi FROM {b.d.table}"
+        bounds = (
+            f"SELECT {b.d.seconds('lo')} AS lo, {b.d.seconds('hi')} AS hi"
+            f" FROM ({ends} WHERE {where}) AS ends"
+        )
+        sql = b.d.histogram_by_expression(num, index, where, b.q.bins, bounds)
     else:
         # Within a bin's numeric bounds no NULL or text can fall: the window is all to check.
         sql = b.d.histogram_sql(f, where, b.q.bins, b.scan().where())
