@@ -794,6 +794,10 @@ FROM firsts"""
   SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM {prefix}bounds),
 {prefix}width AS MATERIALIZED (SELECT {chars} AS chars FROM {prefix}span)"""
 
+    def sample(self) -> str:
+        """The table's sampled pages: SAMPLE_PERCENT of them, the same each time."""
+        return f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
+
     def hourly_sql(self, b: Builder, value: str | None, chars: str) -> str:
         """Whether the rows of a sample of the table's pages (SAMPLE_PERCENT of them, the same
         each time) that the timeline would use span enough for buckets of an hour or more. The
@@ -801,12 +805,11 @@ FROM firsts"""
         too. A sample that cannot tell (too few pages, or a shorter span) leaves the pass by the
         minute."""
         at = self.text("accessed_at")
-        sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
         used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
         # (no row: no span, and no hint)
         return f"""SELECT seconds IS NOT NULL AND ({chars}) <= {KEY_HOUR} AS hourly
   FROM (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds
-    FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi FROM {sample}
+    FROM (SELECT MIN({at}) AS lo, MAX({at}) AS hi FROM {self.sample()}
       WHERE {used}) AS ends) AS span"""
 
     def _row_terms(self, b: Builder, key: int) -> str:
@@ -1000,11 +1003,10 @@ ORDER BY panel DESC, bin, rank"""
 
     def cuts_sql(self, b: Builder) -> str:
         x, y = b.q.field, b.q.versus
-        sample = f"{self.table} TABLESAMPLE SYSTEM ({SAMPLE_PERCENT}) REPEATABLE (0)"
 
         def cut(name: str, value: str, used: str) -> str:
             return f"""{name} AS MATERIALIZED (
-  SELECT MIN(v) AS v FROM (SELECT {value} AS v FROM {sample}
+  SELECT MIN(v) AS v FROM (SELECT {value} AS v FROM {self.sample()}
     WHERE {used}
     ORDER BY 1 DESC LIMIT {CUT_RANK}) AS best)"""
 
