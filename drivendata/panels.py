@@ -345,14 +345,44 @@ LIMIT {TOP}"""
         # in the running totals: one pass, no sort. The mean sums REALs: SQLite's SUM() of
         # integers fails with "integer overflow" past 64 bits.
         picks = self.quartile_picks(",\n  ")
-        return f"""WITH g AS (
-  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
-c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
-s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
-  SUM(CAST({{number_v}} AS REAL) * c) / SUM(c) AS mean FROM g)
+        return f"""WITH {self.counted_values(value, where)}
 SELECT n, min, max, mean,
   {picks}
 FROM s"""
+
+    def counted_values(self, value: str, where: str) -> str:
+        """CTEs counting each distinct value once: ``g(v, c)``, its running totals ``c(v, upto)``
+        and ``s(n, min, max, mean)``."""
+        return f"""g AS (
+  SELECT {value} AS v, COUNT(*) AS c FROM {self.table} WHERE {where} GROUP BY {value}),
+c AS (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
+s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
+  SUM(CAST({{number_v}} AS REAL) * c) / SUM(c) AS mean FROM g)"""
+
+    def counts_values(self, q: Query) -> bool:
+        """Whether the distribution and the histogram share one statement (counts_sql) that
+        counts each value of the field once, for a dialect without a values' pass."""
+        return False
+
+    def counts_sql(self, value: str, where: str, bins: int) -> str:
+        """The distribution's numbers and the histogram's bins of a whole-number field, from one
+        count of each distinct value: the quartiles from its running totals, each bin by adding
+        up the counts of its values (bin i holds x where i <= (x - lo) * bins / (hi - lo) < i +
+        1, as histogram_sql's bins do)."""
+        picks = self.quartile_picks(",\n    ")
+        index = f"((v - s.min) * {bins}) / (s.max - s.min)"
+        return f"""WITH {self.counted_values(value, where)},
+stats AS MATERIALIZED (SELECT n, min, max, mean,
+    {picks}
+  FROM s),
+bins AS MATERIALIZED (
+  SELECT CASE WHEN s.max = s.min THEN 0 ELSE {self.least}({index}, {bins - 1}) END AS bin,
+    SUM(c) AS count
+  FROM g, s
+  GROUP BY 1)
+SELECT bins.bin, bins.count, stats.min AS lo, stats.max AS hi, stats.*
+FROM stats LEFT JOIN bins ON 1 = 1
+ORDER BY bins.bin"""
 
     def timeline_sql(self, b: Builder, value: str | None, chars: str) -> str:
         raise NotImplementedError
@@ -419,9 +449,13 @@ GROUP BY 1"""
 
 
 class SQLiteDialect(Dialect):
-    summary_from_panels = False
     name = "sqlite"
     least = "MIN"
+
+    def counts_values(self, q: Query) -> bool:
+        # The distribution counts each value through its index anyway; adding up those counts
+        # saves the histogram's second reading of the index, one range per bin.
+        return q.field in FEW_VALUES
 
     def floor(self, expr: str) -> str:
         return f"CAST({expr} AS INTEGER)"
@@ -610,24 +644,29 @@ SELECT '{UNKNOWN_AGE}', (SELECT COUNT(DISTINCT user_name) FROM {self.table}
             # A good timestamp checked row by row (+ keeps the partial index out), for the
             # few rows an index seek on a bad number finds.
             at_checked = f"({self.valid_timestamp('+accessed_at')} AND +accessed_at <= :now)"
+            # The timeline's skipped rows are those of the window it did not count: counting
+            # the good timestamps here would read the time index a second time.
             skipped = {
                 "top_traffic": f"{count(bad(f))} + {count_few(bad(v), scan.valid(f))}"
                 if not FIELDS[v].is_time
                 else f"{bad_at} + {count_few(bad(f), at_checked)}",
                 "top_people": count(f"({bad(f)} OR {person})"),
-                "timeline": f"{bad_at} + {count_few(bad(f), at_checked)}",
+                "timeline": "NULL",
                 "distribution": count(bad(f)),
                 "histogram": count(bad(f)),
             }
         skipped["age_groups"] = count(user)
         columns = ",\n  ".join(f"{sql} AS skipped_{name}" for name, sql in skipped.items())
-        return f"""SELECT rows,
-  (SELECT COUNT(DISTINCT user_name) FROM {self.table}
-   WHERE {b.where("user_name > ''")}) AS users,
+        # A count with no condition at all is SQLite's quick count of the smallest index's pages.
+        rows = f"SELECT COUNT(*) AS rows FROM {self.table}"
+        if b.window():
+            rows += f" WHERE {b.where()}"
+        # The distinct users are those of the age groups (see complete_summary).
+        return f"""SELECT rows, NULL AS users,
   (SELECT MAX({at}) FROM {self.table} WHERE {b.where(ok_at)}) AS newest,
   (SELECT COUNT(*) FROM {self.table} WHERE {ok_at} AND {at} >= :recent) AS last_5_minutes,
   {columns}
-FROM (SELECT COUNT(*) AS rows FROM {self.table} WHERE {b.where()}) AS w"""
+FROM ({rows}) AS w"""
 
 
 class PostgresDialect(Dialect):
@@ -1319,7 +1358,10 @@ def distribution_sql(b: Builder) -> Statement:
     if b.d.values_panels(b.q):
         return b.statement(b.d.values_sql(b))
     f = b.q.field
-    sql = b.d.quartiles_sql(b.value(f), b.where(b.valid(f)))
+    if b.d.counts_values(b.q):
+        sql = b.d.counts_sql(f, b.where(b.valid(f)), b.q.bins)
+    else:
+        sql = b.d.quartiles_sql(b.value(f), b.where(b.valid(f)))
     number_v = b.d.seconds("v") if FIELDS[f].is_time else "v"
     return b.statement(sql.replace("{number}", b.number(f)).replace("{number_v}", number_v))
 
@@ -1327,6 +1369,8 @@ def distribution_sql(b: Builder) -> Statement:
 def histogram_sql(b: Builder) -> Statement:
     if b.d.values_panels(b.q):
         return b.statement(b.d.values_sql(b))
+    if b.d.counts_values(b.q):
+        return distribution_sql(b)
     f = b.q.field
     where = b.where(b.valid(f))
     if FIELDS[f].is_time:
@@ -1598,7 +1642,8 @@ def shape_histogram(rows: pd.DataFrame, q: Query) -> pd.DataFrame:
             "skipped": {"distribution": unusable, "histogram": unusable}
             | {name: int(first[f"skipped_{name}"] or 0) for name in COUNTED_BY_VALUES},
         }
-        rows = rows[rows["bin"].notna()]
+    # (a statement shared with the distribution has a row without a bin when no value is usable)
+    rows = rows[rows["bin"].notna()]
     frame = _histogram_frame(rows, q)
     if counted is not None:
         frame.attrs["summary"] = counted
