@@ -364,22 +364,31 @@ s AS (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
         counts each value of the field once, for a dialect without a values' pass."""
         return False
 
-    def counts_sql(self, value: str, where: str, bins: int) -> str:
-        """The distribution's numbers and the histogram's bins of a whole-number field, from one
-        count of each distinct value: the quartiles from its running totals, each bin by adding
-        up the counts of its values (bin i holds x where i <= (x - lo) * bins / (hi - lo) < i +
-        1, as histogram_sql's bins do)."""
+    def counted_stats(self) -> str:
+        """CTE ``stats``: the distribution's numbers, from ``s`` and the running totals ``c``."""
         picks = self.quartile_picks(",\n    ")
-        index = f"((v - s.min) * {bins}) / (s.max - s.min)"
-        return f"""WITH {self.counted_values(value, where)},
-stats AS MATERIALIZED (SELECT n, min, max, mean,
+        return f"""stats AS MATERIALIZED (SELECT n, min, max, mean,
     {picks}
-  FROM s),
-bins AS MATERIALIZED (
+  FROM s)"""
+
+    def counted_bins(self, bins: int) -> str:
+        """CTE ``bins``: each bin's count, adding up the counts ``g(v, c)`` of its whole-number
+        values (bin i holds x where i <= (x - lo) * bins / (hi - lo) < i + 1, as histogram_sql's
+        bins do; hi - lo of an INT column can overflow INT: it is taken as BIGINT)."""
+        index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
+        return f"""bins AS MATERIALIZED (
   SELECT CASE WHEN s.max = s.min THEN 0 ELSE {self.least}({index}, {bins - 1}) END AS bin,
     SUM(c) AS count
   FROM g, s
-  GROUP BY 1)
+  GROUP BY 1)"""
+
+    def counts_sql(self, value: str, where: str, bins: int) -> str:
+        """The distribution's numbers and the histogram's bins of a whole-number field, from one
+        count of each distinct value: the quartiles from its running totals, each bin by adding
+        up the counts of its values."""
+        return f"""WITH {self.counted_values(value, where)},
+{self.counted_stats()},
+{self.counted_bins(bins)}
 SELECT bins.bin, bins.count, stats.min AS lo, stats.max AS hi, stats.*
 FROM stats LEFT JOIN bins ON 1 = 1
 ORDER BY bins.bin"""
@@ -983,9 +992,6 @@ FROM {self.table} WHERE {where}"""
         others = COUNTED_BY_VALUES
         needs = needs_flags(b)
         skips = skipped_counts(b, {name: needs[name] for name in others}, ",\n    ")
-        picks = self.quartile_picks(",\n    ")
-        bins = b.q.bins
-        index = f"((CAST(v AS BIGINT) - s.min) * {bins}) / (CAST(s.max AS BIGINT) - s.min)"
         totals = ", ".join(f"SUM(skipped_{name}) AS skipped_{name}" for name in others)
         columns = [
             "bins.bin",
@@ -1017,17 +1023,11 @@ g AS MATERIALIZED (SELECT v, SUM(c) AS c FROM counted WHERE v IS NOT NULL GROUP 
 c AS MATERIALIZED (SELECT v, SUM(c) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS upto FROM g),
 s AS MATERIALIZED (SELECT SUM(c) AS n, MIN(v) AS min, MAX(v) AS max,
   SUM(CAST(v AS NUMERIC) * c) / SUM(c) AS mean FROM g),
-stats AS MATERIALIZED (SELECT n, min, max, mean,
-    {picks}
-  FROM s),
+{self.counted_stats()},
 totals AS MATERIALIZED (SELECT SUM(c) AS rows,
   COALESCE(SUM(c) FILTER (WHERE v IS NULL), 0) AS skipped_values, {totals}
   FROM counted),
-bins AS MATERIALIZED (
-  SELECT CASE WHEN s.max = s.min THEN 0 ELSE LEAST({index}, {bins - 1}) END AS bin,
-    SUM(c) AS count
-  FROM g, s
-  GROUP BY 1),
+{self.counted_bins(b.q.bins)},
 {self.tops_sql(b)}
 SELECT 'values' AS panel, {", ".join(columns)},
   NULL AS person_name, NULL AS x, NULL AS y, NULL::bigint AS value, NULL::bigint AS rank
@@ -1359,7 +1359,7 @@ def distribution_sql(b: Builder) -> Statement:
         return b.statement(b.d.values_sql(b))
     f = b.q.field
     if b.d.counts_values(b.q):
-        sql = b.d.counts_sql(f, b.where(b.valid(f)), b.q.bins)
+        sql = b.d.counts_sql(b.value(f), b.where(b.valid(f)), b.q.bins)
     else:
         sql = b.d.quartiles_sql(b.value(f), b.where(b.valid(f)))
     number_v = b.d.seconds("v") if FIELDS[f].is_time else "v"
