@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from drivendata import settings
 from drivendata.database import Source, SourceError, explain, reader, source_from
-from drivendata.panels import FIELDS, WINDOWS, Query, QueryError, compute, statements
+from drivendata.panels import FIELDS, WINDOWS, Query, QueryError, compute_all, statements
 from drivendata.people import PEOPLE
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,9 +181,8 @@ def panels(
     source = _source(url, table)
     q = _query(field=field, versus=versus, window=window, people=people)
     try:
-        engine = reader(source)
-        with engine.connect() as conn:
-            results = compute(conn, source, q)
+        # as the dashboard refreshes: two statements at a time, on connections of their own
+        results = compute_all(reader(source), source, q)
     except Exception as exc:
         fail(explain(exc, source))
         raise

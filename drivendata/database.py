@@ -71,6 +71,9 @@ class Source:
 
     url: URL
     table: TableName
+    # PostgreSQL: the most parallel workers a statement of a refresh may use; None: the
+    # server's own (see limit_parallel_workers)
+    parallel_workers: int | None = None
 
     def __repr__(self) -> str:  # URL's own repr shows secrets passed as query parameters
         return f"Source({self.display!r}, {str(self.table)!r})"
@@ -132,13 +135,47 @@ def source_from(url: str | None = None, table: str | None = None) -> Source:
             f"The database URL {_hide(text)!r} has an '@' in its user name or password; "
             "write it there as %40."
         )
-    source = Source(parsed, parse_table(table or settings.get("table")))
+    source = Source(parsed, parse_table(table or settings.get("table")), _parallel_workers())
     source.kind  # noqa: B018 - raises the clear error for an unknown backend now
     if source.kind == "sqlite" and source.url.database in (None, "", ":memory:"):
         raise SourceError(
             "The SQLite URL needs a file path, for example sqlite:////data/drivendata.db."
         )
     return source
+
+
+def _parallel_workers() -> int | None:
+    raw = settings.get("pg_parallel_workers")
+    if raw.lower() == "server":
+        return None
+    if not raw.isdigit():
+        name = settings.env("pg_parallel_workers")
+        raise SourceError(
+            f"{name}={raw!r} is neither a whole number nor 'server'; set it to 0 or more, or "
+            "to server to keep the server's own setting."
+        )
+    return int(raw)
+
+
+def limit_parallel_workers(conn: sa.Connection, source: Source) -> None:
+    """Let each statement of the connection's transaction use at most the source's
+    ``parallel_workers`` (never more than the server allows).
+
+    A refresh runs its statements two at a time, each on a connection of its own. PostgreSQL
+    would also split each statement among parallel workers: on a server of two cores the
+    processes then take turns, and three passes over a million rows took 1.3 s where two
+    serial statements at a time take 0.85-1.0 s (benchmarks/bench_panels.py). The setting is
+    the transaction's own (set_config's is_local), undone when the connection goes back to the
+    pool, so that a single panel run on its own keeps the server's parallel plans."""
+    if source.kind != "postgresql" or source.parallel_workers is None:
+        return
+    conn.execute(
+        sa.text(
+            "SELECT set_config('max_parallel_workers_per_gather', :most, true)"
+            " WHERE current_setting('max_parallel_workers_per_gather')::int > :workers"
+        ),
+        {"most": str(source.parallel_workers), "workers": source.parallel_workers},
+    )
 
 
 def _hide(text: str) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from drivendata import settings
-from drivendata.database import Source, SourceError, table_sql
+from drivendata.database import Source, SourceError, limit_parallel_workers, table_sql
 from drivendata.people import PEOPLE, shower
 
 
@@ -1878,6 +1878,8 @@ def compute_all(
     :param workers: queries in flight at once; 1 runs them one after another. By default two
         on SQLite and PostgreSQL (two cores here), and all at once on Athena, where each query
         waits seconds on the service: a refresh then costs one round trip, not seven.
+        With more than one, each PostgreSQL statement uses at most the source's
+        ``parallel_workers`` (the setting pg_parallel_workers; see limit_parallel_workers).
     """
     if workers is None:
         workers = len(PANELS) if source.kind == "athena" else 2
@@ -1888,6 +1890,8 @@ def compute_all(
 
     def one(group: list[str]) -> dict[str, Any]:
         with engine.connect() as conn:
+            if workers > 1:
+                limit_parallel_workers(conn, source)
             return _run_shared(conn, source, group, q, meter)
 
     results: dict[str, Any] = {}

@@ -45,6 +45,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeline_buckets", "1000", "Most time buckets the timeline panel returns."),
     Setting("histogram_bins", "30", "Equal-width bins of the histogram panel."),
     Setting(
+        "pg_parallel_workers",
+        "0",
+        "PostgreSQL parallel workers each statement of a refresh may use (never more than the "
+        "server's max_parallel_workers_per_gather), or 'server' for the server's own. A refresh "
+        "already runs two statements at once: 0 suits a server of two cores; on one of many, "
+        "try half its cores less one.",
+    ),
+    Setting(
         "people",
         "names",
         "How the panels show people: names, initials (A. P.), or pseudonyms (Person K7Q2MXA4, "
@@ -160,6 +168,11 @@ def get(name: str) -> str:
     setting = _BY_NAME[name]
     value = os.environ.get(setting.env, "").strip()
     return value or setting.default
+
+
+def env(name: str) -> str:
+    """Return the environment variable of a setting."""
+    return _BY_NAME[name].env
 
 
 def get_int(name: str, *, minimum: int = 1) -> int:

@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from drivendata.database import SourceError, reader, source_from, table_sql
+from drivendata import panels
+from drivendata.database import (
+    Source,
+    SourceError,
+    limit_parallel_workers,
+    reader,
+    source_from,
+    table_sql,
+)
 from drivendata.panels import (
     FIELDS,
     PANELS,
@@ -213,6 +221,87 @@ def test_postgresql_readers_raise_work_mem_never_lower_it(server: str, session: 
     with engine.connect() as conn:
         assert conn.execute(sa.text("SHOW work_mem")).scalar() == session
     engine.dispose()
+
+
+def _parallel_setting(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.text("SHOW max_parallel_workers_per_gather")).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("server", "asked", "used"), [(2, 0, 0), (2, 1, 1), (1, 3, 1), (2, None, 2)]
+)
+def test_postgresql_parallel_workers_are_limited_for_the_transaction_only(
+    server: int, asked: int | None, used: int
+) -> None:
+    """A refresh's statement uses at most the source's parallel workers, never more than the
+    server allows (here a session's setting, made before the reader's steps run, stands for
+    the server's); the limit ends with the transaction, so a connection taken again from the
+    pool plans as the server says."""
+    postgres_available()
+    source = source_from(POSTGRES_URL, "streaming_layer.streaming_data")
+    source = Source(source.url, source.table, asked)
+    engine = reader(source)
+
+    @sa.event.listens_for(engine, "connect", insert=True)
+    def server_setting(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET max_parallel_workers_per_gather = {server}")
+        dbapi_conn.commit()
+
+    with engine.connect() as conn:
+        limit_parallel_workers(conn, source)
+        assert _parallel_setting(conn) == used
+    with engine.connect() as conn:
+        assert _parallel_setting(conn) == server
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("raw", "workers"), [("0", 0), ("3", 3), ("server", None), ("", 0)])
+def test_the_parallel_workers_setting_is_read_into_the_source(
+    monkeypatch: pytest.MonkeyPatch, raw: str, workers: int | None
+) -> None:
+    monkeypatch.setenv("DRIVENDATA_PG_PARALLEL_WORKERS", raw)
+    assert source_from(POSTGRES_URL).parallel_workers == workers
+
+
+@pytest.mark.parametrize("raw", ["-1", "two", "1.5", "0; SET x"])
+def test_a_bad_parallel_workers_setting_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("DRIVENDATA_PG_PARALLEL_WORKERS", raw)
+    with pytest.raises(SourceError) as info:
+        source_from(POSTGRES_URL)
+    text = str(info.value)
+    assert text.startswith(f"DRIVENDATA_PG_PARALLEL_WORKERS={raw!r} is neither")
+    assert text.count(". ") == 0 and text.endswith(".")
+
+
+def test_compute_all_runs_postgresql_statements_within_the_limit(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two statements at a time, each on a connection limited to the source's workers; one at
+    a time, each as the server plans it. Both give what one connection computes."""
+    source = Source(dataset.source.url, dataset.source.table, 0)
+    seen: list[int | None] = []
+    shared = panels._run_shared
+
+    def recording(conn: sa.Connection, *args: Any) -> Any:
+        seen.append(_parallel_setting(conn) if source.kind == "postgresql" else None)
+        return shared(conn, *args)
+
+    monkeypatch.setattr(panels, "_run_shared", recording)
+    engine = reader(source)
+    q = Query(now=dataset.now)
+    together = panels.compute_all(engine, source, q, workers=2)
+    assert seen and set(seen) == ({0} if source.kind == "postgresql" else {None})
+    seen.clear()
+    one_by_one = panels.compute_all(engine, source, q, workers=1)
+    assert source.kind != "postgresql" or 0 not in seen
+    with engine.connect() as conn:
+        alone = compute(conn, source, q)
+    engine.dispose()
+    for name in PANELS:
+        assert repr(together[name]) == repr(alone[name]) == repr(one_by_one[name]), name
 
 
 @pytest.mark.parametrize(
