@@ -204,20 +204,29 @@ def test_reading_connections_cannot_write(dataset: Dataset) -> None:
     engine.dispose()
 
 
+def _reader_where_the_server_sets(source: Source, setting: str) -> sa.Engine:
+    """A reader of the real PostgreSQL server whose sessions start with ``setting`` made, as a
+    DBA makes it for a role or database, before the reader's own steps run."""
+    postgres_available()
+    engine = reader(source)
+
+    @sa.event.listens_for(engine, "connect", insert=True)
+    def server_setting(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET {setting}")
+        dbapi_conn.commit()
+
+    return engine
+
+
 @pytest.mark.parametrize(("server", "session"), [("4MB", "16MB"), ("64MB", "64MB")])
 def test_postgresql_readers_raise_work_mem_never_lower_it(server: str, session: str) -> None:
     """The panels' sessions get WORK_MEM for their hash tables where the server gives less, and
     keep what it gives where that is more (the role's or the database's setting, as a DBA
     makes it; here the same, set before the reader's own step runs)."""
-    postgres_available()
-    engine = reader(source_from(POSTGRES_URL, "streaming_layer.streaming_data"))
-
-    @sa.event.listens_for(engine, "connect", insert=True)
-    def server_setting(dbapi_conn: Any, _record: Any) -> None:
-        with dbapi_conn.cursor() as cur:
-            cur.execute(f"SET work_mem = '{server}'")
-        dbapi_conn.commit()
-
+    engine = _reader_where_the_server_sets(
+        source_from(POSTGRES_URL, "streaming_layer.streaming_data"), f"work_mem = '{server}'"
+    )
     with engine.connect() as conn:
         assert conn.execute(sa.text("SHOW work_mem")).scalar() == session
     engine.dispose()
@@ -237,17 +246,9 @@ def test_postgresql_parallel_workers_are_limited_for_the_transaction_only(
     server allows (here a session's setting, made before the reader's steps run, stands for
     the server's); the limit ends with the transaction, so a connection taken again from the
     pool plans as the server says."""
-    postgres_available()
     source = source_from(POSTGRES_URL, "streaming_layer.streaming_data")
     source = Source(source.url, source.table, asked)
-    engine = reader(source)
-
-    @sa.event.listens_for(engine, "connect", insert=True)
-    def server_setting(dbapi_conn: Any, _record: Any) -> None:
-        with dbapi_conn.cursor() as cur:
-            cur.execute(f"SET max_parallel_workers_per_gather = {server}")
-        dbapi_conn.commit()
-
+    engine = _reader_where_the_server_sets(source, f"max_parallel_workers_per_gather = {server}")
     with engine.connect() as conn:
         limit_parallel_workers(conn, source)
         assert _parallel_setting(conn) == used
