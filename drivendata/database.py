@@ -135,7 +135,8 @@ def source_from(url: str | None = None, table: str | None = None) -> Source:
             f"The database URL {_hide(text)!r} has an '@' in its user name or password; "
             "write it there as %40."
         )
-    source = Source(parsed, parse_table(table or settings.get("table")), _parallel_workers())
+    workers = _parallel_workers() if backend in ("postgresql", "postgres") else None
+    source = Source(parsed, parse_table(table or settings.get("table")), workers)
     source.kind  # noqa: B018 - raises the clear error for an unknown backend now
     if source.kind == "sqlite" and source.url.database in (None, "", ":memory:"):
         raise SourceError(

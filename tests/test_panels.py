@@ -275,6 +275,8 @@ def test_a_bad_parallel_workers_setting_is_one_sentence(
     text = str(info.value)
     assert text.startswith(f"DRIVENDATA_PG_PARALLEL_WORKERS={raw!r} is neither")
     assert text.count(". ") == 0 and text.endswith(".")
+    # (a setting of PostgreSQL's alone: another source does not read it)
+    assert source_from("sqlite:////tmp/store.db").parallel_workers is None
 
 
 def test_compute_all_runs_postgresql_statements_within_the_limit(
