@@ -265,7 +265,7 @@ def test_the_parallel_workers_setting_is_read_into_the_source(
     assert source_from(POSTGRES_URL).parallel_workers == workers
 
 
-@pytest.mark.parametrize("raw", ["-1", "two", "1.5", "0; SET x"])
+@pytest.mark.parametrize("raw", ["-1", "two", "1.5", "0; SET x", "²"])
 def test_a_bad_parallel_workers_setting_is_one_sentence(
     monkeypatch: pytest.MonkeyPatch, raw: str
 ) -> None:
