@@ -863,8 +863,8 @@ def test_times_before_1970_fall_in_their_buckets(store: Store, stamps: list[str]
 
 
 def test_a_users_latest_well_formed_birth_date_counts(store: Store) -> None:
-    """PostgreSQL takes a user's latest birth date of the right shape and reads the user's rows
-    again only when that one is not a date: a later junk date must not hide an earlier one."""
+    """A user's age comes from their latest birth date that is a date: a later junk date (of
+    the right shape or not) must not hide an earlier one."""
     good = dict.fromkeys(COLUMN_NAMES)
     good.update(person_name="Ana", user_name="ana", accessed_at=NOW.strftime(TS_FORMAT))
     good.update(dict.fromkeys(NUMBERS, 5))
