@@ -769,8 +769,8 @@ class PostgresDialect(Dialect):
         # Rows are grouped by their text up to the hour, the minute or the second, with only
         # the checks the group's key cannot make; each key, a few thousand at most, is then
         # checked in full, once. Checking each row's text in full costs three times the rest of
-        # the panel. The span, from the valid groups' first and last rows, picks the bucket
-        # width; the groups add up into buckets of it.
+        # the panel. The span, from the first and last valid groups' keys (see _width), picks
+        # the bucket width; the groups add up into buckets of it.
         # Without a short window, a sample of the table's pages tells whether the span is long
         # enough for buckets of an hour or more: its rows are some of the panel's, so their span
         # is never longer than the panel's, and then one pass by the hour does (a third of the
@@ -797,24 +797,19 @@ class PostgresDialect(Dialect):
                 f"SELECT * FROM g{KEY_HOUR}"
                 f" UNION ALL SELECT * FROM g{KEY_MINUTE} WHERE NOT (SELECT hourly FROM hint)"
             )
-        # The newest row is the later of the last row with a value and the last without one
-        # (rarely any): a third comparison of every row's text would cost more.
+        # Each group keeps only its newest row (the summary's): the span comes from the keys
+        # (see _width), where a first and a last row with a value per group cost a tenth more.
         if value is None:
             vals = (
                 "COUNT(*) AS n, NULL::bigint AS lo_v, NULL::numeric AS sum_v, NULL::bigint AS hi_v"
             )
-            ends = f"MIN({at}) AS first, MAX({at}) AS last, NULL AS unused_last"
         else:
-            used = f"FILTER (WHERE {b.valid(value)})"
             vals = (
                 f"COUNT({value}) AS n, MIN({value}) AS lo_v, SUM({value}) AS sum_v,"
                 f" MAX({value}) AS hi_v"
             )
-            ends = (
-                f"MIN({at}) {used} AS first, MAX({at}) {used} AS last,"
-                f" MAX({at}) FILTER (WHERE NOT ({b.valid(value)})) AS unused_last"
-            )
-        width = f"firsts AS MATERIALIZED ({first}),\n{self._width('', 'firsts', chars)}"
+        ends = f"MAX({at}) AS newest"
+        width = f"firsts AS MATERIALIZED ({first}),\n{self._width(b, value, '', 'firsts', chars)}"
         ctes = []
         if KEY_HOUR in gates:
             ctes.append(f"hint AS MATERIALIZED (\n  {self.hourly_sql(b, value, chars)})")
@@ -833,7 +828,7 @@ d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
 g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}")})"""
             )
             if key == KEY_HOUR:
-                ctes.append(self._width("hour_", f"g{KEY_HOUR}", chars))
+                ctes.append(self._width(b, value, "hour_", f"g{KEY_HOUR}", chars))
         if len(gates) == 1:
             ctes.append(width)
         levels = list(gates)
@@ -853,17 +848,50 @@ SELECT * FROM (
   HAVING SUM(n) > 0
   ORDER BY 1) AS buckets
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, GREATEST(MAX(last), MAX(unused_last)), SUM(recent)::bigint
+SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint
 FROM firsts"""
 
-    def _width(self, prefix: str, groups: str, chars: str) -> str:
-        """CTEs ``{prefix}bounds``, ``{prefix}span`` and ``{prefix}width``: the first and last
-        rows of the timeline's ``groups``, the seconds between them and the bucket width."""
+    def _width(self, b: Builder, value: str | None, prefix: str, groups: str, chars: str) -> str:
+        """CTEs ending in ``{prefix}width``: the bucket width of the span from the first to the
+        last row with a value among the timeline's ``groups`` (of keys of one length).
+
+        The first and the last group with a value hold those rows: the span is within one
+        key's length of time (an hour, a minute, a second) of the span between those keys.
+        The width at both ends of that range is almost always the same, and then it is the
+        width; only where a step between widths lies in the range (a span within an hour of
+        about 6.9 or 41.6 days, or within a minute of 16.6 minutes or 2.8 hours) are the two
+        rows found, in one more pass over the rows of those two groups."""
+        at = self.text("accessed_at")
+        full = "0000-00-00 00:00:00"
+
+        def seconds(key: str) -> str:
+            return self.seconds(f"({key} || substr('{full}', length({key}) + 1))")
+
+        def width_of(span: str) -> str:
+            return f"(SELECT {chars} FROM (SELECT {span} AS seconds) AS span)"
+
+        used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
+        exact = f"(SELECT {self.seconds('hi')} - {self.seconds('lo')} FROM {prefix}ends)"
         return f"""{prefix}bounds AS MATERIALIZED (
-  SELECT MIN(first) AS lo, MAX(last) AS hi FROM {groups}),
-{prefix}span AS MATERIALIZED (
-  SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds FROM {prefix}bounds),
-{prefix}width AS MATERIALIZED (SELECT {chars} AS chars FROM {prefix}span)"""
+  SELECT MIN(key) AS lo, MAX(key) AS hi FROM {groups} WHERE n > 0),
+{prefix}keys AS MATERIALIZED (
+  SELECT lo, hi, {seconds("hi")} - {seconds("lo")} AS seconds,
+    CASE length(hi) WHEN {KEY_HOUR} THEN 3600 WHEN {KEY_MINUTE} THEN 60 ELSE 1 END AS unit
+  FROM {prefix}bounds),
+{prefix}range AS MATERIALIZED (
+  SELECT lo, hi, {width_of("seconds - unit")} AS fine, {width_of("seconds + unit")} AS coarse
+  FROM {prefix}keys),
+{prefix}ends AS MATERIALIZED (
+  SELECT MIN({at}) AS lo, MAX({at}) AS hi
+  FROM {self.table}
+  WHERE (SELECT fine <> coarse FROM {prefix}range)
+    AND left({at}, length((SELECT lo FROM {prefix}range))) IN (SELECT lo FROM {prefix}range
+      UNION ALL SELECT hi FROM {prefix}range)
+    AND {used}),
+{prefix}width AS MATERIALIZED (
+  SELECT CASE WHEN fine = coarse THEN fine
+    ELSE {width_of(exact)} END AS chars
+  FROM {prefix}range)"""
 
     def sample(self) -> str:
         """The table's sampled pages: SAMPLE_PERCENT of them, the same each time."""

@@ -895,6 +895,52 @@ def test_leap_days_of_leap_years_are_times(store: Store) -> None:
     assert out["summary"]["newest"] == datetime(2024, 2, 29, 10)
 
 
+@pytest.mark.parametrize(
+    ("span", "sampled", "chars"),
+    [
+        # within a minute of 998 minutes (buckets of a minute up to it, of ten minutes past it)
+        (timedelta(seconds=59_880 - 20), 0.1, 16),
+        (timedelta(seconds=59_880 + 20), 0.1, 15),
+        # within an hour of 998 hours (of an hour, of a day), from the pass by the hour (the
+        # whole table sampled)
+        (timedelta(hours=998, minutes=-20), 100, 13),
+        (timedelta(hours=998, minutes=20), 100, 10),
+    ],
+)
+def test_a_span_near_a_step_between_widths_gets_the_right_one(
+    store: Store, span: timedelta, sampled: float, chars: int
+) -> None:
+    """PostgreSQL takes the timeline's span from its first and last groups' keys, which fix it
+    to within a key's length of time; where a step between bucket widths falls within that,
+    it finds the first and last rows. Here the same two keys hold spans on either side of a
+    step. Rows of no value later than the last with one (in its group and in a group of its
+    own) do not lengthen the span, and the newest row is still the summary's."""
+    last = NOW - timedelta(minutes=1, seconds=30)
+    first = last - span
+    # (the second row shares the first's bucket of the wider width, not of the finer)
+    finer = timedelta(minutes=3) if chars > 13 else timedelta(hours=1)
+    made = []
+    for i, at in enumerate([first, first + finer, first + span / 2, last]):
+        row = dict.fromkeys(COLUMN_NAMES)
+        row.update(person_name="Ana", user_name=f"u{i}", accessed_at=at.strftime(TS_FORMAT))
+        made.append(dict(row, **dict.fromkeys(NUMBERS, i + 1)))
+    made.append(dict(made[-1], upload_speed=None, accessed_at=(last + timedelta(seconds=5))))
+    newest = NOW - timedelta(seconds=10)
+    made.append(dict(made[-1], accessed_at=newest))
+    for row in made[-2:]:
+        row["accessed_at"] = row["accessed_at"].strftime(TS_FORMAT)
+    stored = store.fill([tuple(row[c] for c in COLUMN_NAMES) for row in made])
+    q = Query(field="upload_speed", now=NOW)
+    oracle = Oracle(as_oracle_sees(stored), q.now, q.window)
+    assert {len(key) for key in oracle.timeline(q.field)["bucket"]} == {chars}
+    with sampling(sampled), store.read.connect() as conn:
+        assert store.kind == "sqlite" or hourly(store, q) == (sampled == 100)
+        out = compute(conn, store.source, q)
+    check_accounting(out, q)
+    check_oracle(out, oracle, q, store.kind == "sqlite")
+    assert out["summary"]["newest"] == newest
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="Year buckets are the coarsest the timeline has: a span of more years than buckets "
