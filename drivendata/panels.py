@@ -97,6 +97,10 @@ BUCKET_STEPS: tuple[tuple[int, int], ...] = (
     (4, 366 * 86400),
 )
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# A bind parameter in a statement's SQL: a colon and a name, the colon not part of a '::' cast.
+# (The colon is matched first: a pattern that starts with the look-behind tries it at every
+# character, 50 times slower on the timeline's 270 KB of SQL.)
+BIND = re.compile(r":(?<![:\w]:)(\w+)")
 # PostgreSQL's timeline groups rows by their text up to the hour, the minute or the second, and
 # by the second from the start in windows this short (at most 86,400 groups).
 KEY_HOUR, KEY_MINUTE, KEY_SECOND = 13, 16, 19
@@ -193,6 +197,14 @@ def _clock_parts(count: int) -> list[tuple[str, ...]]:
     for _ in range(count):
         parts = [(*head, f"{n:02d}") for head in parts for n in range(60)]
     return parts
+
+
+@functools.cache
+def clock_rests(count: int, suffix: str = "") -> tuple[str, ...]:
+    """The rests of a clock of ``count`` parts, each after a colon (':00:00' to ':59:59' for
+    two), with ``suffix`` after each: made once, as every statement's time checks ask for
+    them (thousands of texts; building them each time cost a refresh 0.1 s of Python)."""
+    return tuple("".join(f":{part}" for part in parts) + suffix for parts in _clock_parts(count))
 
 
 @functools.cache
@@ -699,6 +711,18 @@ class PostgresDialect(Dialect):
             f" AND {self.clock_from(col, KEY_HOUR + 1)})"
         )
 
+    def few_valid_timestamp(self, col: str) -> str:
+        """valid_timestamp's test for statements that apply it to a few rows (a sample, the rows
+        of two groups): a regular expression, about ten times the cost a row of those lookups,
+        but 100 characters of SQL where they take 130,000, which PostgreSQL parses and plans
+        at each refresh."""
+        clock = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+        day = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+        return (
+            f"({col} ~ '^{day} {clock}(\\.[0-9]{{1,6}})?$' AND {col} NOT LIKE '0000%'"
+            f" AND {self.real_day(col)})"
+        )
+
     def clock_from(self, col: str, start: int) -> str:
         """A timestamp's bytes from ``start`` on (14: after the hour, 17: after the minute, 20:
         after the second) end it rightly: the clock's rest, each part two digits below 60, then
@@ -712,17 +736,14 @@ class PostgresDialect(Dialect):
         of more than one byte is no digit, and the lookups refuse it. textsend() gives the
         text's bytes."""
         data = f"textsend({col})"
-        rests = [
-            "".join(f":{part}" for part in parts)
-            for parts in _clock_parts((KEY_SECOND + 1 - start) // 3)
-        ]
-        whole = f"substr({data}, {start}) = ANY ({bytea_array(tuple(rests))})"
+        count = (KEY_SECOND + 1 - start) // 3
+        whole = f"substr({data}, {start}) = ANY ({bytea_array(clock_rests(count))})"
         point = (
             f"substr(rtrim({data}, {DIGIT_BYTES}), {start})"
-            f" = ANY ({bytea_array(tuple(rest + '.' for rest in rests))})"
+            f" = ANY ({bytea_array(clock_rests(count, '.'))})"
         )
         return (
-            f"CASE octet_length({col}) WHEN 19 THEN {whole if rests != [''] else 'TRUE'}"
+            f"CASE octet_length({col}) WHEN 19 THEN {whole if count else 'TRUE'}"
             f"\n      ELSE octet_length({col}) BETWEEN 21 AND 26 AND {point} END"
         )
 
@@ -809,7 +830,8 @@ class PostgresDialect(Dialect):
                 f" MAX({value}) AS hi_v"
             )
         ends = f"MAX({at}) AS newest"
-        width = f"firsts AS MATERIALIZED ({first}),\n{self._width(b, value, '', 'firsts', chars)}"
+        widths = self._width(b, value, "", "firsts", chars, exact=True)
+        width = f"firsts AS MATERIALIZED ({first}),\n{widths}"
         ctes = []
         if KEY_HOUR in gates:
             ctes.append(f"hint AS MATERIALIZED (\n  {self.hourly_sql(b, value, chars)})")
@@ -828,13 +850,27 @@ d{key} AS MATERIALIZED (SELECT DISTINCT substr(key, 1, 10) AS day FROM m{key}),
 g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}")})"""
             )
             if key == KEY_HOUR:
-                ctes.append(self._width(b, value, "hour_", f"g{KEY_HOUR}", chars))
+                # (only whether a pass by the minute is needed: when unsure, it is)
+                ctes.append(self._width(b, value, "hour_", f"g{KEY_HOUR}", chars, exact=False))
         if len(gates) == 1:
             ctes.append(width)
         levels = list(gates)
+        # The buckets come from one pass's groups: the coarsest that ran and is fine enough.
+        # (The minute's pass may run after the hour's though the hour's groups do: see
+        # hour_width.)
+        coarser = {
+            KEY_MINUTE: f" AND NOT ((SELECT chars FROM width) <= {KEY_HOUR}"
+            " AND (SELECT hourly FROM hint))"
+            if KEY_HOUR in levels
+            else ""
+        }
         groups = "\n  UNION ALL ".join(
             f"SELECT * FROM g{key}"
-            + (f" WHERE (SELECT chars FROM width) <= {key}" if key != levels[-1] else "")
+            + (
+                f" WHERE (SELECT chars FROM width) <= {key}{coarser.get(key, '')}"
+                if key != levels[-1]
+                else ""
+            )
             for key in levels
         )
         with_ = ",\n".join(ctes)
@@ -851,16 +887,27 @@ UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, MAX(newest), SUM(recent)::bigint
 FROM firsts"""
 
-    def _width(self, b: Builder, value: str | None, prefix: str, groups: str, chars: str) -> str:
+    def _few_used(self, b: Builder, value: str | None) -> str:
+        """Builder.where() of the rows the timeline uses, with the time's test for few rows."""
+        at = self.text("accessed_at")
+        terms = [f"{at} >= :since"] if b.q.since is not None else []
+        terms += [self.few_valid_timestamp(at), f"{at} <= :now"]
+        terms += [b.valid(value)] if value else []
+        return "\n  AND ".join(terms)
+
+    def _width(
+        self, b: Builder, value: str | None, prefix: str, groups: str, chars: str, exact: bool
+    ) -> str:
         """CTEs ending in ``{prefix}width``: the bucket width of the span from the first to the
         last row with a value among the timeline's ``groups`` (of keys of one length).
 
         The first and the last group with a value hold those rows: the span is within one
         key's length of time (an hour, a minute, a second) of the span between those keys.
         The width at both ends of that range is almost always the same, and then it is the
-        width; only where a step between widths lies in the range (a span within an hour of
-        about 6.9 or 41.6 days, or within a minute of 16.6 minutes or 2.8 hours) are the two
-        rows found, in one more pass over the rows of those two groups."""
+        width. Where a step between widths lies in the range (a span within an hour of about
+        6.9 or 41.6 days, or within a minute of 16.6 minutes or 2.8 hours), it is the finer
+        of the two unless ``exact``; if ``exact``, one more pass finds the two rows among the
+        rows of those two groups (checked in full only when of one of them)."""
         at = self.text("accessed_at")
         full = "0000-00-00 00:00:00"
 
@@ -870,9 +917,7 @@ FROM firsts"""
         def width_of(span: str) -> str:
             return f"(SELECT {chars} FROM (SELECT {span} AS seconds) AS span)"
 
-        used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
-        exact = f"(SELECT {self.seconds('hi')} - {self.seconds('lo')} FROM {prefix}ends)"
-        return f"""{prefix}bounds AS MATERIALIZED (
+        ctes = f"""{prefix}bounds AS MATERIALIZED (
   SELECT MIN(key) AS lo, MAX(key) AS hi FROM {groups} WHERE n > 0),
 {prefix}keys AS MATERIALIZED (
   SELECT lo, hi, {seconds("hi")} - {seconds("lo")} AS seconds,
@@ -881,16 +926,19 @@ FROM firsts"""
 {prefix}range AS MATERIALIZED (
   SELECT lo, hi, {width_of("seconds - unit")} AS fine, {width_of("seconds + unit")} AS coarse
   FROM {prefix}keys),
-{prefix}ends AS MATERIALIZED (
+"""
+        if not exact:
+            return f"{ctes}{prefix}width AS MATERIALIZED (SELECT fine AS chars FROM {prefix}range)"
+        # (CASE: the prefix first, so that the full test reads only the two groups' rows)
+        ends = f"(SELECT {self.seconds('hi')} - {self.seconds('lo')} FROM {prefix}ends)"
+        return f"""{ctes}{prefix}ends AS MATERIALIZED (
   SELECT MIN({at}) AS lo, MAX({at}) AS hi
-  FROM {self.table}
-  WHERE (SELECT fine <> coarse FROM {prefix}range)
-    AND left({at}, length((SELECT lo FROM {prefix}range))) IN (SELECT lo FROM {prefix}range
-      UNION ALL SELECT hi FROM {prefix}range)
-    AND {used}),
+  FROM {self.table}, {prefix}range AS k
+  WHERE k.fine <> k.coarse
+    AND CASE WHEN left({at}, length(k.lo)) IN (k.lo, k.hi)
+      THEN {self._few_used(b, value)} ELSE FALSE END),
 {prefix}width AS MATERIALIZED (
-  SELECT CASE WHEN fine = coarse THEN fine
-    ELSE {width_of(exact)} END AS chars
+  SELECT CASE WHEN fine = coarse THEN fine ELSE {width_of(ends)} END AS chars
   FROM {prefix}range)"""
 
     def sample(self) -> str:
@@ -904,7 +952,7 @@ FROM firsts"""
         too. A sample that cannot tell (too few pages, or a shorter span) leaves the pass by the
         minute."""
         at = self.text("accessed_at")
-        used = b.where(b.valid("accessed_at"), *([b.valid(value)] if value else []))
+        used = self._few_used(b, value)
         # (no row: no span, and no hint)
         return f"""SELECT seconds IS NOT NULL AND ({chars}) <= {KEY_HOUR} AS hourly
   FROM (SELECT {self.seconds("hi")} - {self.seconds("lo")} AS seconds
@@ -1337,7 +1385,7 @@ class Builder:
         return self.d.text(name) if FIELDS[name].is_time else name
 
     def statement(self, sql: str) -> Statement:
-        used = set(re.findall(r"(?<![:\w]):(\w+)", sql))
+        used = set(BIND.findall(sql))
         return Statement(sql, {k: v for k, v in self.params.items() if k in used})
 
 
@@ -1804,14 +1852,20 @@ def _run(conn: sa.Connection, source: Source, name: str, q: Query, meter: Meter 
 
 
 def _run_shared(
-    conn: sa.Connection, source: Source, names: list[str], q: Query, meter: Meter | None
+    conn: sa.Connection,
+    source: Source,
+    names: list[str],
+    q: Query,
+    meter: Meter | None,
+    stmt: Statement | None = None,
 ) -> dict[str, Any]:
-    """Run the statement the named panels share once, and shape each one's result from it."""
+    """Run the statement the named panels share once (``stmt``, when already built), and shape
+    each one's result from it."""
     for name in names:
         if not isinstance(name, str) or name not in PANELS:
             raise QueryError(f"{name!r} is not a panel; pick one of {', '.join(PANELS)}.")
     d = dialect_for(source)
-    rows = _fetch(conn, PANELS[names[0]].build(Builder(d, q)), meter)
+    rows = _fetch(conn, stmt or PANELS[names[0]].build(Builder(d, q)), meter)
     results = {}
     for name in names:
         mine = rows
@@ -1827,13 +1881,15 @@ WHERE {where} GROUP BY person_name ORDER BY value DESC, {d.text("person_name")} 
     return results
 
 
-def _sharing(source: Source, q: Query, wanted: list[str]) -> list[list[str]]:
-    """The wanted panels grouped by the statement they run, so that a shared one runs once."""
-    built = statements(source, q)
-    groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[str]] = {}
+def _sharing(source: Source, q: Query, wanted: list[str]) -> list[tuple[list[str], Statement]]:
+    """The wanted panels grouped by the statement they run, so that a shared one runs once,
+    each group with that statement."""
+    d = dialect_for(source)
+    groups: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[list[str], Statement]] = {}
     for name in wanted:
-        stmt = built[name]
-        groups.setdefault((stmt.sql, tuple(sorted(stmt.params.items()))), []).append(name)
+        stmt = PANELS[name].build(Builder(d, q))
+        key = (stmt.sql, tuple(sorted(stmt.params.items())))
+        groups.setdefault(key, ([], stmt))[0].append(name)
     return list(groups.values())
 
 
@@ -1878,8 +1934,8 @@ def compute(
     wanted = list(names or PANELS)
     if "summary" in wanted and all(n in wanted for n in _SUMMARY_NEEDS):
         results: dict[str, Any] = {}
-        for group in _sharing(source, q, wanted):
-            results.update(_run_shared(conn, source, group, q, None))
+        for group, stmt in _sharing(source, q, wanted):
+            results.update(_run_shared(conn, source, group, q, None, stmt))
         complete_summary(results["summary"], *(results[n] for n in _SUMMARY_NEEDS))
         return {name: results[name] for name in wanted}
     return {name: run(conn, source, name, q) for name in wanted}
@@ -1911,14 +1967,15 @@ def compute_all(
         workers = len(PANELS) if source.kind == "athena" else 2
     groups = sorted(
         _sharing(source, q, list(PANELS)),
-        key=lambda g: min(_ORDER.index(n) if n in _ORDER else len(_ORDER) for n in g),
+        key=lambda g: min(_ORDER.index(n) if n in _ORDER else len(_ORDER) for n in g[0]),
     )
 
-    def one(group: list[str]) -> dict[str, Any]:
+    def one(shared: tuple[list[str], Statement]) -> dict[str, Any]:
+        names, stmt = shared
         with engine.connect() as conn:
             if workers > 1:
                 limit_parallel_workers(conn, source)
-            return _run_shared(conn, source, group, q, meter)
+            return _run_shared(conn, source, names, q, meter, stmt)
 
     results: dict[str, Any] = {}
     if workers <= 1:

@@ -688,6 +688,43 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
+def test_the_short_time_test_agrees_with_the_lookups() -> None:
+    """PostgreSQL checks times in the statements that read a few rows (the sample's, those of
+    the timeline's first and last groups) by a regular expression, and row by row elsewhere
+    by lookups of the text's bytes: both say the same of good times, near misses, impossible
+    days and junk."""
+    postgres_available()
+    at = NOW - timedelta(minutes=3)
+    good = [
+        at.strftime(TS_FORMAT),
+        at.strftime("%Y-%m-%d %H:%M:%S"),
+        "2024-02-29 10:00:00.5",
+        "2000-02-29 23:59:59.123",
+        "0001-01-01 00:00:00",
+        "9999-12-31 23:59:59.999999",
+    ]
+    bad = near_misses(at.strftime("%Y-%m-%d %H:%M")) + separators_off(at)
+    bad += [at.strftime("%Y-%m-%d %H") + tail for tail in (":6x:00", ":60:00", ":5:00")]
+    bad += ["1900-02-29 10:00:00", "2026-02-29 10:00:00", "2026-04-31 10:00:00"]
+    bad += ["0000-01-01 00:00:00", "2026-13-01 10:00:00", "2026-00-10 10:00:00"]
+    bad += ["2026-11-28 24:00:00", "2026-11-28 10:00:00.", "2026-11-28 10:00:00\n"]
+    bad += ["", "not a date", "2026-11-28", "2026-11-28 10:00", "٢٠٢٦-11-28 10:00:00"]
+    d = dialect_for(source_from(POSTGRES_URL))
+    engine = sa.create_engine(source_from(POSTGRES_URL).url)
+    sql = (
+        f"SELECT t, {d.valid_timestamp('t')} IS TRUE,"  # type: ignore[attr-defined]
+        f" {d.few_valid_timestamp('t')} IS TRUE"  # type: ignore[attr-defined]
+        " FROM unnest(CAST(:texts AS text[])) AS texts (t)"
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(sql), {"texts": good + bad}).all()
+    finally:
+        engine.dispose()
+    assert [(t, a) for t, a, _ in rows] == [(t, t in good) for t in good + bad]
+    assert [b for _, _, b in rows] == [a for _, a, _ in rows]
+
+
 @contextmanager
 def sampling(percent: float, cut_rank: int = CUT_RANK) -> Iterator[None]:
     """PostgreSQL's panels with this share of the table's pages as their samples, and the top
@@ -896,29 +933,32 @@ def test_leap_days_of_leap_years_are_times(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("span", "sampled", "chars"),
+    ("span", "sampled", "chars", "finer"),
     [
         # within a minute of 998 minutes (buckets of a minute up to it, of ten minutes past it)
-        (timedelta(seconds=59_880 - 20), 0.1, 16),
-        (timedelta(seconds=59_880 + 20), 0.1, 15),
+        (timedelta(seconds=59_880 - 20), 0.1, 16, timedelta(minutes=3)),
+        (timedelta(seconds=59_880 + 20), 0.1, 15, timedelta(minutes=3)),
         # within an hour of 998 hours (of an hour, of a day), from the pass by the hour (the
         # whole table sampled)
-        (timedelta(hours=998, minutes=-20), 100, 13),
-        (timedelta(hours=998, minutes=20), 100, 10),
+        (timedelta(hours=998, minutes=-20), 100, 13, timedelta(hours=1)),
+        (timedelta(hours=998, minutes=20), 100, 10, timedelta(hours=1)),
+        # within an hour past 9,980 minutes (buckets of ten minutes up to it, of an hour past
+        # it): the hour's groups cannot tell, so the minute's pass runs too, and the buckets
+        # still come from the hour's
+        (timedelta(seconds=599_400 + 1200), 100, 13, timedelta(minutes=5)),
     ],
 )
 def test_a_span_near_a_step_between_widths_gets_the_right_one(
-    store: Store, span: timedelta, sampled: float, chars: int
+    store: Store, span: timedelta, sampled: float, chars: int, finer: timedelta
 ) -> None:
     """PostgreSQL takes the timeline's span from its first and last groups' keys, which fix it
     to within a key's length of time; where a step between bucket widths falls within that,
     it finds the first and last rows. Here the same two keys hold spans on either side of a
     step. Rows of no value later than the last with one (in its group and in a group of its
-    own) do not lengthen the span, and the newest row is still the summary's."""
+    own) do not lengthen the span, and the newest row is still the summary's. (The second
+    row, ``finer`` after the first, shares its bucket of the wider width, not of the finer.)"""
     last = NOW - timedelta(minutes=1, seconds=30)
     first = last - span
-    # (the second row shares the first's bucket of the wider width, not of the finer)
-    finer = timedelta(minutes=3) if chars > 13 else timedelta(hours=1)
     made = []
     for i, at in enumerate([first, first + finer, first + span / 2, last]):
         row = dict.fromkeys(COLUMN_NAMES)
