@@ -220,6 +220,27 @@ def byte_list(texts: Iterable[str]) -> str:
     return ", ".join(f"'\\x{text.encode().hex()}'::bytea" for text in texts)
 
 
+def bin_start(i: str, lo: str, hi: str, bins: int) -> str:
+    """SQL of where histogram bin ``i`` (1 to bins - 1) starts among whole numbers from ``lo``
+    to ``hi``: lo + ceil(i * (hi - lo) / bins), exactly, for any 64-bit integers.
+
+    SQLite's INT holds 64 bits, so hi - lo can overflow, and SQLite then goes on in floating
+    point without a word. Here each end is split as bins * q + r (0 <= r < bins), so that the
+    start is (bins - i) * q_lo + i * q_hi + ceil(((bins - i) * r_lo + i * r_hi) / bins): no
+    part overflows for i from 1 to bins - 1."""
+
+    def q(x: str) -> str:
+        return f"({x} / {bins} - ({x} % {bins} < 0))"
+
+    def r(x: str) -> str:
+        return f"((({x} % {bins}) + {bins}) % {bins})"
+
+    return (
+        f"(({bins} - {i}) * {q(lo)} + {i} * {q(hi)}"
+        f" + (({bins} - {i}) * {r(lo)} + {i} * {r(hi)} + {bins - 1}) / {bins})"
+    )
+
+
 # Every month and day of a leap year but 02-29, as MM-DD.
 MONTH_DAYS = [
     f"{month:02d}-{day:02d}"
@@ -478,6 +499,23 @@ class SQLiteDialect(Dialect):
         # saves the histogram's second reading of the index, one range per bin.
         return q.field in FEW_VALUES
 
+    def counted_bins(self, bins: int) -> str:
+        # An INT of SQLite holds 64 bits: (v - lo) * bins can overflow, and SQLite would go
+        # on in floating point (a bin of 6.9e-09). Within (2**63 - 1) / bins of each other the
+        # plain quotient is exact; further apart, a value's bin is the count of bin starts
+        # (bin_start) at or below it.
+        fits = (2**63 - 1) // bins - 1
+        plain = f"((v - s.min) * {bins}) / (s.max - s.min)"
+        start = bin_start("steps.i", "s.min", "s.max", bins)
+        return f"""steps(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM steps WHERE i < {bins - 1}),
+bins AS MATERIALIZED (
+  SELECT CASE WHEN s.max = s.min THEN 0
+    WHEN s.max - s.min BETWEEN 1 AND {fits} THEN MIN({plain}, {bins - 1})
+    ELSE MIN((SELECT COUNT(*) FROM steps WHERE {start} <= v), {bins - 1}) END AS bin,
+    SUM(c) AS count
+  FROM g, s
+  GROUP BY 1)"""
+
     def floor(self, expr: str) -> str:
         return f"CAST({expr} AS INTEGER)"
 
@@ -594,16 +632,20 @@ ORDER BY 1"""
         # Bin i holds the whole numbers from lo + ceil(i * (hi - lo) / bins) on: one index range
         # count per bin instead of sorting every row.
         # (SQLite answers MIN() or MAX() from an index alone, not both in one query.)
+        # Each bin's last number is the next one's start less one (bin_start: exact where
+        # hi - lo overflows a 64-bit INT), the last bin's hi.
+        first_last = "hi" if bins == 1 else f"{bin_start('1', 'lo', 'hi', bins)} - 1"
         return f"""WITH RECURSIVE r AS MATERIALIZED (
   SELECT (SELECT MIN({value}) FROM {self.table} WHERE {where}) AS lo,
     (SELECT MAX({value}) FROM {self.table} WHERE {where}) AS hi),
-edges(bin, start, stop) AS (
-  SELECT 0, lo, lo + ((hi - lo) + {bins} - 1) / {bins} FROM r WHERE hi > lo
+edges(bin, start, last) AS (
+  SELECT 0, lo, {first_last} FROM r WHERE hi > lo
   UNION ALL
-  SELECT bin + 1, stop, lo + ((bin + 2) * (hi - lo) + {bins} - 1) / {bins}
+  SELECT bin + 1, last + 1,
+    CASE WHEN bin + 2 = {bins} THEN hi ELSE {bin_start("(bin + 2)", "lo", "hi", bins)} - 1 END
   FROM edges, r WHERE bin + 1 < {bins})
 SELECT bin, (SELECT COUNT(*) FROM {self.table} WHERE {inner} AND {value} >= start
-    AND {value} < CASE WHEN bin = {bins - 1} THEN hi + 1 ELSE stop END) AS count,
+    AND {value} <= last) AS count,
   r.lo AS lo, r.hi AS hi
 FROM edges, r
 UNION ALL

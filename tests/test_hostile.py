@@ -688,6 +688,36 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
+@pytest.mark.parametrize("bins", [30, 7, 1])
+@pytest.mark.parametrize("field", ["session_duration", "consumed_traffic"])
+def test_histogram_bins_are_exact_over_the_widest_range(
+    store: Store, field: str, bins: int
+) -> None:
+    """SQLite's INT holds 64 bits: the histogram of values from the least to the greatest
+    (whose difference overflows) puts each in its bin exactly, with 0 on the edge of bin 15 of
+    30, -1 below it. (PostgreSQL's INT holds 32 bits: its widest range.) Both the histogram of
+    a field of few values (added up from each value's count) and of one of many."""
+    if store.kind == "sqlite":
+        values = [-(2**63) + 1, -(2**31), -1, 0, 1, 2**62, 2**63 - 2, 2**63 - 1]
+    else:
+        values = [-(2**31), -1, 0, 1, 2**30, 2**31 - 1]
+    made = []
+    for i, value in enumerate(values):
+        row = dict.fromkeys(COLUMN_NAMES)
+        row.update(person_name=f"P{i}", user_name=f"u{i}", birth_date="1990-01-01")
+        row.update(dict.fromkeys(NUMBERS, 5), accessed_at=NOW.strftime(TS_FORMAT))
+        row[field] = value
+        made.append(tuple(row[c] for c in COLUMN_NAMES))
+    stored = store.fill(made)
+    q = Query(field=field, now=NOW, bins=bins)
+    with store.read.connect() as conn:
+        out = compute(conn, store.source, q)
+    oracle = Oracle(as_oracle_sees(stored), q.now, q.window)
+    assert list(out["histogram"]["count"]) == oracle.histogram(field, bins)
+    assert int(out["histogram"]["count"].sum()) == len(values)
+    check_oracle(out, oracle, q, store.kind == "sqlite")
+
+
 def test_the_short_time_test_agrees_with_the_lookups() -> None:
     """PostgreSQL checks times in the statements that read a few rows (the sample's, those of
     the timeline's first and last groups) by a regular expression, and row by row elsewhere
