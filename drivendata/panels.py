@@ -293,6 +293,10 @@ class Dialect:
     def valid_timestamp(self, col: str) -> str:
         raise NotImplementedError
 
+    def few_valid_timestamp(self, col: str) -> str:
+        """valid_timestamp, for a statement that applies it to a few rows only."""
+        return self.valid_timestamp(col)
+
     def valid_date(self, col: str) -> str:
         raise NotImplementedError
 
@@ -758,6 +762,7 @@ class PostgresDialect(Dialect):
         of two groups): a regular expression, about ten times the cost a row of those lookups,
         but 100 characters of SQL where they take 130,000, which PostgreSQL parses and plans
         at each refresh."""
+        col = self.text(col)
         clock = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
         day = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
         return (
@@ -900,21 +905,17 @@ g{key} AS MATERIALIZED (SELECT * FROM m{key} WHERE {self.valid_key(key, f"d{key}
         # The buckets come from one pass's groups: the coarsest that ran and is fine enough.
         # (The minute's pass may run after the hour's though the hour's groups do: see
         # hour_width.)
-        coarser = {
-            KEY_MINUTE: f" AND NOT ((SELECT chars FROM width) <= {KEY_HOUR}"
-            " AND (SELECT hourly FROM hint))"
-            if KEY_HOUR in levels
-            else ""
-        }
-        groups = "\n  UNION ALL ".join(
-            f"SELECT * FROM g{key}"
-            + (
-                f" WHERE (SELECT chars FROM width) <= {key}{coarser.get(key, '')}"
-                if key != levels[-1]
-                else ""
-            )
-            for key in levels
-        )
+        hourly = f"(SELECT chars FROM width) <= {KEY_HOUR} AND (SELECT hourly FROM hint)"
+
+        def chosen(key: int) -> str:
+            """Where the buckets come from the pass by ``key``: its keys are fine enough and the
+            hour's groups, where they ran, are not (the last pass runs only when needed)."""
+            if key == levels[-1]:
+                return ""
+            unless = f" AND NOT ({hourly})" if key == KEY_MINUTE and KEY_HOUR in levels else ""
+            return f" WHERE (SELECT chars FROM width) <= {key}{unless}"
+
+        groups = "\n  UNION ALL ".join(f"SELECT * FROM g{key}{chosen(key)}" for key in levels)
         with_ = ",\n".join(ctes)
         return f"""WITH {with_}
 SELECT * FROM (
@@ -931,11 +932,8 @@ FROM firsts"""
 
     def _few_used(self, b: Builder, value: str | None) -> str:
         """Builder.where() of the rows the timeline uses, with the time's test for few rows."""
-        at = self.text("accessed_at")
-        terms = [f"{at} >= :since"] if b.q.since is not None else []
-        terms += [self.few_valid_timestamp(at), f"{at} <= :now"]
-        terms += [b.valid(value)] if value else []
-        return "\n  AND ".join(terms)
+        few = b.few()
+        return few.where(few.valid("accessed_at"), *([b.valid(value)] if value else []))
 
     def _width(
         self, b: Builder, value: str | None, prefix: str, groups: str, chars: str, exact: bool
@@ -1393,19 +1391,32 @@ class Builder:
         if q.since is not None:
             self.params["since"] = stamp(q.since)
         self.seek = True
+        self.few_rows = False
+
+    def _variant(self) -> Builder:
+        other = Builder(self.d, self.q)
+        other.params = self.params
+        other.seek, other.few_rows = self.seek, self.few_rows
+        return other
 
     def scan(self) -> Builder:
         """The same predicates, with their ranges kept from choosing an index to seek."""
-        other = Builder(self.d, self.q)
-        other.params = self.params
+        other = self._variant()
         other.seek = False
+        return other
+
+    def few(self) -> Builder:
+        """The same predicates, for a statement that applies them to a few rows only."""
+        other = self._variant()
+        other.few_rows = True
         return other
 
     def valid(self, name: str) -> str:
         """The predicate that a row's value of a field can be used."""
         if FIELDS[name].is_time:
             at = self.d.ranged(self.d.text(name), self.seek)
-            return f"({self.d.valid_timestamp(name)} AND {at} <= :now)"
+            test = self.d.few_valid_timestamp if self.few_rows else self.d.valid_timestamp
+            return f"({test(name)} AND {at} <= :now)"
         return self.d.valid_number(name, self.seek)
 
     def window(self) -> list[str]:

@@ -743,7 +743,7 @@ def test_the_short_time_test_agrees_with_the_lookups() -> None:
     engine = sa.create_engine(source_from(POSTGRES_URL).url)
     sql = (
         f"SELECT t, {d.valid_timestamp('t')} IS TRUE,"  # type: ignore[attr-defined]
-        f" {d.few_valid_timestamp('t')} IS TRUE"  # type: ignore[attr-defined]
+        f" {d.few_valid_timestamp('t')} IS TRUE"
         " FROM unnest(CAST(:texts AS text[])) AS texts (t)"
     )
     try:
