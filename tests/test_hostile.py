@@ -755,6 +755,88 @@ def test_the_short_time_test_agrees_with_the_lookups() -> None:
     assert [b for _, _, b in rows] == [a for _, a, _ in rows]
 
 
+def test_a_time_read_by_the_cast_has_the_seconds_of_its_parts() -> None:
+    """PostgreSQL reads the seconds of every row's valid time (the distribution's, the
+    histogram's ends) by a cast of the text to a timestamp, and of a few (the timeline's keys)
+    from the text's parts: the same number to the microsecond, from the year 1 to 9999, with
+    and without fractions of one to six digits, on a leap day, before 1970."""
+    postgres_available()
+    texts = [
+        "0001-01-01 00:00:00",
+        "1969-12-31 23:59:59.999999",
+        "1970-01-01 00:00:00.1",
+        "2000-02-29 23:59:59.12",
+        "2026-11-28 10:00:00.000100",
+        "2026-11-28 10:00:00.12345",
+        "9999-12-31 23:59:59.999999",
+    ]
+    d = dialect_for(source_from(POSTGRES_URL))
+    engine = sa.create_engine(source_from(POSTGRES_URL).url)
+    sql = (
+        f"SELECT {d.row_seconds('t')}, {d.seconds('t')}"
+        " FROM unnest(CAST(:texts AS text[])) AS texts (t)"
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(sql), {"texts": texts}).all()
+    finally:
+        engine.dispose()
+    want = [(parse(t) - datetime(1970, 1, 1)) // timedelta(microseconds=1) for t in texts]
+    assert [a for a, _ in rows] == [b for _, b in rows]
+    assert [int(a * 1_000_000) for a, _ in rows] == want
+
+
+@pytest.mark.parametrize(
+    ("start", "span", "bins"),
+    [
+        ("2026-11-28 10:00:00", 30_000_000, 30),
+        ("1969-12-31 23:59:58", 7_000_000, 3),
+        ("0001-01-01 00:00:00", 1_000_001, 7),
+        ("2026-11-28 10:00:00.5", 29, 30),
+    ],
+)
+def test_time_bins_start_at_their_exact_microsecond(
+    store: Store, start: str, span: int, bins: int
+) -> None:
+    """A time's bin is floor((t - lo) * bins / (hi - lo)), exactly: rows at each bin's first
+    microsecond and at the one before, each time written with a fraction of six digits, of
+    fewer, or with none where it is a whole second. (PostgreSQL compares the rows' texts with
+    the texts of the bins' starts: a time has several.) A span of 29 microseconds in 30 bins
+    leaves a bin empty. (SQLite takes a time's seconds as a double: bins of whole seconds are
+    exact there, not those of a few microseconds, nor any in the year 1.)"""
+    if store.kind == "sqlite" and (start < "1685" or span < 1_000_000):
+        pytest.skip("SQLite's seconds of a time are a double's: about 0.2 µs now, 8 µs in 1 AD")
+    lo = parse(start)
+    micro = timedelta(microseconds=1)
+    times = {lo, lo + span * micro}
+    for i in range(1, bins):
+        first = -(-i * span // bins)  # the first microsecond of bin i
+        times |= {lo + first * micro, lo + (first - 1) * micro}
+
+    def texts(t: datetime) -> list[str]:
+        full = f"{t:%m-%d %H:%M:%S.%f}".join([f"{t.year:04d}-", ""])  # (%Y writes 1 as 1)
+        short = [full.rstrip("0").rstrip(".")] if full.endswith("0") else []
+        return [full, *short]
+
+    made = []
+    for t in sorted(times):
+        for text in texts(t):
+            row = dict.fromkeys(COLUMN_NAMES)
+            row.update(person_name="P", user_name=f"u{len(made)}", birth_date="1990-01-01")
+            row.update(dict.fromkeys(NUMBERS, 5), accessed_at=text)
+            made.append(tuple(row[c] for c in COLUMN_NAMES))
+    store.fill(made)
+    q = Query(field="accessed_at", now=NOW, bins=bins)
+    with store.read.connect() as conn:
+        out = compute(conn, store.source, q)
+    want = [0] * bins
+    for t in sorted(times):
+        index = min((t - lo) // micro * bins // span, bins - 1)
+        want[index] += len(texts(t))
+    assert list(out["histogram"]["count"]) == want
+    assert sum(want) == len(made)
+
+
 @contextmanager
 def sampling(percent: float, cut_rank: int = CUT_RANK) -> Iterator[None]:
     """PostgreSQL's panels with this share of the table's pages as their samples, and the top
