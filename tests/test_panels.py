@@ -165,13 +165,14 @@ def test_results_stay_small_whatever_the_rows(dataset: Dataset, results: dict) -
         assert len(out["age_groups"]) == 8
 
 
-def test_empty_table_gives_empty_panels(empty_source: Any) -> None:
+@pytest.mark.parametrize("field", ["upload_speed", "consumed_traffic", "accessed_at"])
+def test_empty_table_gives_empty_panels(empty_source: Any, field: str) -> None:
     from .conftest import load
 
     load(empty_source, [])
     engine = reader(empty_source)
     with engine.connect() as conn:
-        out = compute(conn, empty_source, Query())
+        out = compute(conn, empty_source, Query(field=field))
     assert out["top_traffic"].empty and out["top_people"].empty and out["timeline"].empty
     assert out["distribution"]["count"] == 0 and out["histogram"].empty
     assert out["summary"]["rows"] == 0 and out["summary"]["newest"] is None
