@@ -688,15 +688,17 @@ def test_a_near_miss_in_a_valid_minute_is_skipped(store: Store, window: str) -> 
             assert timeline["max"].max() == 5
 
 
+@pytest.mark.parametrize("window", ["all", "24h"])
 @pytest.mark.parametrize("bins", [30, 7, 1])
 @pytest.mark.parametrize("field", ["session_duration", "consumed_traffic"])
 def test_histogram_bins_are_exact_over_the_widest_range(
-    store: Store, field: str, bins: int
+    store: Store, field: str, bins: int, window: str
 ) -> None:
     """SQLite's INT holds 64 bits: the histogram of values from the least to the greatest
     (whose difference overflows) puts each in its bin exactly, with 0 on the edge of bin 15 of
     30, -1 below it. (PostgreSQL's INT holds 32 bits: its widest range.) Both the histogram of
-    a field of few values (added up from each value's count) and of one of many."""
+    a field of few values (added up from each value's count) and of one of many, over all rows
+    and within a window (where SQLite counts each value of a field of many values too)."""
     if store.kind == "sqlite":
         values = [-(2**63) + 1, -(2**31), -1, 0, 1, 2**62, 2**63 - 2, 2**63 - 1]
     else:
@@ -709,7 +711,7 @@ def test_histogram_bins_are_exact_over_the_widest_range(
         row[field] = value
         made.append(tuple(row[c] for c in COLUMN_NAMES))
     stored = store.fill(made)
-    q = Query(field=field, now=NOW, bins=bins)
+    q = Query(field=field, window=window, now=NOW, bins=bins)
     with store.read.connect() as conn:
         out = compute(conn, store.source, q)
     oracle = Oracle(as_oracle_sees(stored), q.now, q.window)
