@@ -85,6 +85,9 @@ FIGURE_PANELS = ("top_traffic", "top_people", "timeline", "distribution", "histo
 TOP = 10
 # Rows ranked before grouping by person: enough that the top people are found among them.
 CANDIDATES = 1000
+# A window of at most this many rows has its top sessions and people ranked among its rows,
+# read by their time, on SQLite (see SQLiteDialect.within_few).
+FEW_WINDOW_ROWS = 10_000
 # Text-prefix buckets for the timeline: characters kept, and the longest bucket in seconds.
 BUCKET_STEPS: tuple[tuple[int, int], ...] = (
     (19, 1),
@@ -366,7 +369,7 @@ class Dialect:
     def nonempty(self, col: str) -> str:
         return f"length({col}) > 0"
 
-    def top_people_sql(self, b: Builder) -> str:
+    def top_people_sql(self, b: Builder, limit: str = str(TOP)) -> str:
         f = b.q.field
         value = b.value(f)
         where = b.where(b.valid(f), self.nonempty("person_name"))
@@ -383,7 +386,15 @@ SELECT person_name, MAX(value) AS value
 FROM candidates
 GROUP BY person_name
 ORDER BY value DESC, person_name
-LIMIT {TOP}"""
+LIMIT {limit}"""
+
+    def within_few(
+        self, b: Builder, sql: Callable[[str], str], few: Callable[[str], str], order: str
+    ) -> str:
+        """A top's statement ``sql(limit)``, or where the window holds few rows, ``few(limit)``:
+        the same ranking among the window's rows, as read by their time; ``order`` the
+        ranking's."""
+        return sql(str(TOP))
 
     def quartile_picks(self, sep: str) -> str:
         """The two values around each quartile's rank (numpy's linear interpolation), found in
@@ -525,6 +536,29 @@ GROUP BY 1"""
 class SQLiteDialect(Dialect):
     name = "sqlite"
     least = "MIN"
+
+    def within_few(
+        self, b: Builder, sql: Callable[[str], str], few: Callable[[str], str], order: str
+    ) -> str:
+        # A top's statement reads the value's index from the best down until it has found
+        # enough rows within the window: a few index entries for a window of many rows, every
+        # row of the table for a window of none (7 s at a million rows). A window of few rows
+        # is ranked among its rows instead, read from the time index; counting up to the
+        # limit costs a few milliseconds. (A LIMIT of 0 ends a branch before it reads a row.)
+        if b.q.since is None:
+            return sql(str(TOP))
+        rows = (
+            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {self.table} WHERE {b.where()}"
+            f" LIMIT {FEW_WINDOW_ROWS + 1}))"
+        )
+        few_limit = f"(CASE WHEN {rows} <= {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END)"
+        any_limit = f"(CASE WHEN {rows} > {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END)"
+        return f"""SELECT * FROM (
+{few(few_limit)})
+UNION ALL
+SELECT * FROM (
+{sql(any_limit)})
+ORDER BY {order}"""
 
     def counts_values(self, q: Query) -> bool:
         # The distribution counts each value through its index anyway; adding up those counts
@@ -1345,7 +1379,7 @@ class AthenaDialect(Dialect):
             f" + CAST(substr({col}, 18) AS double))"
         )
 
-    def top_people_sql(self, b: Builder) -> str:
+    def top_people_sql(self, b: Builder, limit: str = str(TOP)) -> str:
         f = b.q.field
         value = b.value(f)
         where = b.where(b.valid(f), self.nonempty("person_name"))
@@ -1357,7 +1391,7 @@ WHERE {where}
     ORDER BY {value} DESC OFFSET {CANDIDATES - 1} LIMIT 1), {{lowest}})
 GROUP BY person_name
 ORDER BY value DESC, person_name
-LIMIT {TOP}"""
+LIMIT {limit}"""
 
     def quartiles_sql(self, value: str, where: str) -> str:
         return f"""SELECT COUNT(*) AS n, MIN({value}) AS min, MAX({value}) AS max,
@@ -1539,13 +1573,27 @@ class Builder:
 def top_traffic_sql(b: Builder) -> Statement:
     if b.d.values_panels(b.q):
         return b.statement(b.d.values_sql(b))
-    x, y = b.q.field, b.q.versus
-    sql = f"""SELECT person_name, {x} AS x, {y} AS y
-FROM {b.d.table}
-WHERE {b.where(b.valid(x), b.valid(y))}
-ORDER BY {b.value(y)} DESC, {b.value(x)} DESC, {b.d.text("person_name")}
-LIMIT {TOP}"""
+    sql = b.d.within_few(
+        b,
+        lambda limit: top_sessions(b, b, limit),
+        lambda limit: top_sessions(b, b.scan(), limit),
+        "y DESC, x DESC, 1",
+    )
     return b.statement(sql)
+
+
+def top_sessions(b: Builder, by: Builder, limit: str) -> str:
+    """The top sessions' statement; its ranges of values those of ``by``, b.scan() to keep them
+    from steering the plan (the ranking too)."""
+    x, y = b.q.field, b.q.versus
+    ranked = ", ".join(
+        by.d.ranged(term, by.seek) for term in (f"{b.value(y)} DESC", f"{b.value(x)} DESC")
+    )
+    return f"""SELECT person_name, {x} AS x, {y} AS y
+FROM {b.d.table}
+WHERE {b.where(by.valid(x), by.valid(y))}
+ORDER BY {ranked}, {b.d.text("person_name")}
+LIMIT {limit}"""
 
 
 def top_people_sql(b: Builder) -> Statement:
@@ -1554,9 +1602,36 @@ def top_people_sql(b: Builder) -> Statement:
     if b.d.fuses_people:
         return people_sql(b)
     f = b.q.field
-    sql = b.d.top_people_sql(b)
     lowest = "'0000'" if FIELDS[f].is_time else b.d.lowest_number
-    return b.statement(sql.replace("{lowest}", lowest))
+
+    def ranked(limit: str) -> str:
+        return b.d.top_people_sql(b, limit).replace("{lowest}", lowest)
+
+    return b.statement(
+        b.d.within_few(b, ranked, lambda limit: everyone(b, b.scan(), limit), "2 DESC, 1")
+    )
+
+
+def everyone_sql(b: Builder) -> str:
+    """The top people ranked among all the rows of the window."""
+    return b.d.within_few(
+        b,
+        lambda limit: everyone(b, b, limit),
+        lambda limit: everyone(b, b.scan(), limit),
+        "2 DESC, 1",
+    )
+
+
+def everyone(b: Builder, by: Builder, limit: str) -> str:
+    """The top people ranked among all the rows of the window; its ranges of values and its
+    grouping those of ``by``, b.scan() to keep them from steering the plan."""
+    f = b.q.field
+    return f"""SELECT person_name, MAX({b.value(f)}) AS value
+FROM {b.d.table}
+WHERE {b.where(by.valid(f), b.d.nonempty("person_name"))}
+GROUP BY {b.d.ranged("person_name", by.seek)}
+ORDER BY value DESC, {b.d.text("person_name")}
+LIMIT {limit}"""
 
 
 def timeline_sql(b: Builder) -> Statement:
@@ -2015,11 +2090,7 @@ def _run_shared(
         if name == "top_people" and len(rows) < TOP and not d.ranks_everyone:
             # Fewer than ten people among the top rows: rank everyone (small or odd tables).
             full = Builder(d, q)
-            f = q.field
-            where = full.where(full.valid(f), d.nonempty("person_name"))
-            sql = f"""SELECT person_name, MAX({full.value(f)}) AS value FROM {d.table}
-WHERE {where} GROUP BY person_name ORDER BY value DESC, {d.text("person_name")} LIMIT {TOP}"""
-            mine = _fetch(conn, full.statement(sql), meter)
+            mine = _fetch(conn, full.statement(everyone_sql(full)), meter)
         results[name] = PANELS[name].shape(mine, q)
     return results
 

@@ -81,6 +81,30 @@ def test_top_people(dataset: Dataset, results: dict, field: str, window: str) ->
         _same(value, expected, field)
 
 
+@pytest.mark.parametrize("few", [0, 10**9])
+@pytest.mark.parametrize(("field", "window"), [c for c in CASES if c[1] != "all"])
+def test_tops_within_a_window_of_many_or_few_rows(
+    dataset: Dataset, field: str, window: str, few: int
+) -> None:
+    """SQLite ranks a window's top sessions and people among its rows when they are few, and
+    through the value's index otherwise: both agree with the oracle (the threshold moved so
+    that this table's windows count as many rows, then as few)."""
+    engine = reader(dataset.source)
+    try:
+        with pytest.MonkeyPatch.context() as patch, engine.connect() as conn:
+            patch.setattr(panels, "FEW_WINDOW_ROWS", few)
+            q = Query(field=field, window=window, now=dataset.now)
+            out = compute(conn, dataset.source, q)
+    finally:
+        engine.dispose()
+    oracle = Oracle(dataset.rows, dataset.now, window)
+    want = oracle.top_traffic(field, "consumed_traffic")
+    assert list(out["top_traffic"]["person_name"]) == [r[0] for r in want]
+    assert list(out["top_traffic"]["consumed_traffic"]) == [r[2] for r in want]
+    people = oracle.top_people(field)
+    assert list(out["top_people"]["person_name"]) == [name for name, _ in people]
+
+
 @pytest.mark.parametrize(("field", "window"), CASES)
 def test_timeline(dataset: Dataset, results: dict, field: str, window: str) -> None:
     got = results[field, window]["timeline"]
