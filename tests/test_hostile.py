@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -788,6 +789,28 @@ def test_a_time_read_by_the_cast_has_the_seconds_of_its_parts() -> None:
     assert [int(a * 1_000_000) for a, _ in rows] == want
 
 
+def test_sqlite_reads_a_times_microseconds_exactly() -> None:
+    """SQLite's histogram of a time counts ranges between its bins' first microseconds, from
+    the least and greatest times' microseconds as exact INTs (its seconds are doubles): from
+    the year 1 to 9999, with and without fractions, on a leap day, before 1970."""
+    texts = [
+        "0001-01-01 00:00:00",
+        "1969-12-31 23:59:59.999999",
+        "1970-01-01 00:00:00.1",
+        "2000-02-29 23:59:59.12",
+        "2026-11-28 10:00:00.000100",
+        "9999-12-31 23:59:59.999999",
+    ]
+    d = dialect_for(source_from("sqlite:////tmp/never-opened.db"))
+    conn = sqlite3.connect(":memory:")
+    try:
+        sql = f"SELECT {d.micros(':t')}"  # type: ignore[attr-defined]
+        got = [conn.execute(sql, {"t": t}).fetchone()[0] for t in texts]
+    finally:
+        conn.close()
+    assert got == [(parse(t) - datetime(1970, 1, 1)) // timedelta(microseconds=1) for t in texts]
+
+
 @pytest.mark.parametrize(
     ("start", "span", "bins"),
     [
@@ -802,12 +825,9 @@ def test_time_bins_start_at_their_exact_microsecond(
 ) -> None:
     """A time's bin is floor((t - lo) * bins / (hi - lo)), exactly: rows at each bin's first
     microsecond and at the one before, each time written with a fraction of six digits, of
-    fewer, or with none where it is a whole second. (PostgreSQL compares the rows' texts with
-    the texts of the bins' starts: a time has several.) A span of 29 microseconds in 30 bins
-    leaves a bin empty. (SQLite takes a time's seconds as a double: bins of whole seconds are
-    exact there, not those of a few microseconds, nor any in the year 1.)"""
-    if store.kind == "sqlite" and (start < "1685" or span < 1_000_000):
-        pytest.skip("SQLite's seconds of a time are a double's: about 0.2 µs now, 8 µs in 1 AD")
+    fewer, or with none where it is a whole second. (Both databases compare the rows' texts
+    with the texts of the bins' starts: a time has several.) A span of 29 microseconds in 30 bins
+    leaves a bin empty."""
     lo = parse(start)
     micro = timedelta(microseconds=1)
     times = {lo, lo + span * micro}
