@@ -758,21 +758,30 @@ def test_the_short_time_test_agrees_with_the_lookups() -> None:
     assert [b for _, _, b in rows] == [a for _, a, _ in rows]
 
 
+# Times at the edges of what the databases read: the first and last years, a leap day, just
+# before 1970, fractions of one to six digits.
+EDGE_TIMES = [
+    "0001-01-01 00:00:00",
+    "1969-12-31 23:59:59.999999",
+    "1970-01-01 00:00:00.1",
+    "2000-02-29 23:59:59.12",
+    "2026-11-28 10:00:00.000100",
+    "2026-11-28 10:00:00.12345",
+    "9999-12-31 23:59:59.999999",
+]
+
+
+def micros_of(text: str) -> int:
+    return (parse(text) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
 def test_a_time_read_by_the_cast_has_the_seconds_of_its_parts() -> None:
     """PostgreSQL reads the seconds of every row's valid time (the distribution's, the
     histogram's ends) by a cast of the text to a timestamp, and of a few (the timeline's keys)
     from the text's parts: the same number to the microsecond, from the year 1 to 9999, with
     and without fractions of one to six digits, on a leap day, before 1970."""
     postgres_available()
-    texts = [
-        "0001-01-01 00:00:00",
-        "1969-12-31 23:59:59.999999",
-        "1970-01-01 00:00:00.1",
-        "2000-02-29 23:59:59.12",
-        "2026-11-28 10:00:00.000100",
-        "2026-11-28 10:00:00.12345",
-        "9999-12-31 23:59:59.999999",
-    ]
+    texts = EDGE_TIMES
     d = dialect_for(source_from(POSTGRES_URL))
     engine = sa.create_engine(source_from(POSTGRES_URL).url)
     sql = (
@@ -784,31 +793,22 @@ def test_a_time_read_by_the_cast_has_the_seconds_of_its_parts() -> None:
             rows = conn.execute(sa.text(sql), {"texts": texts}).all()
     finally:
         engine.dispose()
-    want = [(parse(t) - datetime(1970, 1, 1)) // timedelta(microseconds=1) for t in texts]
     assert [a for a, _ in rows] == [b for _, b in rows]
-    assert [int(a * 1_000_000) for a, _ in rows] == want
+    assert [int(a * 1_000_000) for a, _ in rows] == [micros_of(t) for t in texts]
 
 
 def test_sqlite_reads_a_times_microseconds_exactly() -> None:
     """SQLite's histogram of a time counts ranges between its bins' first microseconds, from
     the least and greatest times' microseconds as exact INTs (its seconds are doubles): from
     the year 1 to 9999, with and without fractions, on a leap day, before 1970."""
-    texts = [
-        "0001-01-01 00:00:00",
-        "1969-12-31 23:59:59.999999",
-        "1970-01-01 00:00:00.1",
-        "2000-02-29 23:59:59.12",
-        "2026-11-28 10:00:00.000100",
-        "9999-12-31 23:59:59.999999",
-    ]
     d = dialect_for(source_from("sqlite:////tmp/never-opened.db"))
     conn = sqlite3.connect(":memory:")
     try:
         sql = f"SELECT {d.micros(':t')}"  # type: ignore[attr-defined]
-        got = [conn.execute(sql, {"t": t}).fetchone()[0] for t in texts]
+        got = [conn.execute(sql, {"t": t}).fetchone()[0] for t in EDGE_TIMES]
     finally:
         conn.close()
-    assert got == [(parse(t) - datetime(1970, 1, 1)) // timedelta(microseconds=1) for t in texts]
+    assert got == [micros_of(t) for t in EDGE_TIMES]
 
 
 @pytest.mark.parametrize(
