@@ -323,6 +323,10 @@ class Dialect:
         """Seconds since 1970 of a well-formed text timestamp."""
         raise NotImplementedError
 
+    def micros(self, col: str) -> str:
+        """Microseconds since 1970 of a well-formed text timestamp, as an exact integer."""
+        raise NotImplementedError
+
     def row_seconds(self, col: str) -> str:
         """seconds(), for a statement that computes it for every row it reads (a row whose
         timestamp is valid: the caller checks)."""
@@ -551,13 +555,12 @@ class SQLiteDialect(Dialect):
         # limit costs a few milliseconds. (A LIMIT of 0 ends a branch before it reads a row.)
         if b.q.since is None:
             return sql(str(TOP))
-        rows = (
-            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {self.table} WHERE {b.where()}"
-            f" LIMIT {FEW_WINDOW_ROWS + 1}))"
-        )
-        few_limit = f"(CASE WHEN {rows} <= {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END)"
-        any_limit = f"(CASE WHEN {rows} > {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END)"
-        return f"""SELECT * FROM (
+        few_limit = f"(SELECT CASE WHEN n <= {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END FROM counted)"
+        any_limit = f"(SELECT CASE WHEN n > {FEW_WINDOW_ROWS} THEN {TOP} ELSE 0 END FROM counted)"
+        return f"""WITH counted AS MATERIALIZED (
+  SELECT COUNT(*) AS n FROM (
+    SELECT 1 FROM {self.table} WHERE {b.where()} LIMIT {FEW_WINDOW_ROWS + 1}))
+SELECT * FROM (
 {few(few_limit)})
 UNION ALL
 SELECT * FROM (
@@ -630,7 +633,6 @@ bins AS MATERIALIZED (
         )
 
     def micros(self, col: str) -> str:
-        """Microseconds since 1970 of a well-formed text timestamp, as an exact INT."""
         days = f"CAST(julianday(substr({col}, 1, 10)) - 2440587.5 AS INTEGER)"
         clock = " + ".join(
             f"CAST(substr({col}, {start}, 2) AS INTEGER) * {unit}"
@@ -981,6 +983,9 @@ class PostgresDialect(Dialect):
         # fail the statement.
         return f"EXTRACT(EPOCH FROM ({col})::timestamp)"
 
+    def micros(self, col: str) -> str:
+        return f"(EXTRACT(EPOCH FROM ({col})::timestamp) * 1000000)::bigint"
+
     def counts_values(self, q: Query) -> bool:
         # A time field: the distribution's pass finds the histogram's range too.
         return FIELDS[q.field].is_time
@@ -1010,9 +1015,6 @@ ORDER BY bins.bin"""
         # its shortest (no trailing zeros in the fraction, no fraction for a whole second):
         # every text of a time at or after it compares at or after it, every text of an
         # earlier time before it.
-        def micros(t: str) -> str:
-            return f"(EXTRACT(EPOCH FROM ({t})::timestamp) * 1000000)::bigint"
-
         day = 86_400_000_000
         start = f"r.lo_us + div(i * (r.hi_us - r.lo_us)::numeric + {bins - 1}, {bins})::bigint"
         # (days and microseconds apart: a product of an interval is taken in floating point)
@@ -1023,7 +1025,7 @@ ORDER BY bins.bin"""
         text = f"regexp_replace(to_char({time}, 'YYYY-MM-DD HH24:MI:SS.US'), '\\.?0+$', '')"
         return f"""r AS MATERIALIZED (
   SELECT {self.seconds("min")} AS lo, {self.seconds("max")} AS hi,
-    {micros("min")} AS lo_us, {micros("max")} AS hi_us
+    {self.micros("min")} AS lo_us, {self.micros("max")} AS hi_us
   FROM {ends}),
 starts AS MATERIALIZED (
   SELECT ARRAY(

@@ -804,7 +804,7 @@ def test_sqlite_reads_a_times_microseconds_exactly() -> None:
     d = dialect_for(source_from("sqlite:////tmp/never-opened.db"))
     conn = sqlite3.connect(":memory:")
     try:
-        sql = f"SELECT {d.micros(':t')}"  # type: ignore[attr-defined]
+        sql = f"SELECT {d.micros(':t')}"
         got = [conn.execute(sql, {"t": t}).fetchone()[0] for t in EDGE_TIMES]
     finally:
         conn.close()
